@@ -1,0 +1,212 @@
+"""todo.cloud.rollout_wait through real ansible-playbook runs against the control plane (rung L2).
+
+The Deployment, StatefulSet and DaemonSet controllers and the scheduler are real; kwok plays
+the kubelet, so pods crash-loop, fail to pull or never get ready on request.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from testkit.ansible import run_playbook
+from testkit.workloads import daemonset, deployment, set_behaviour, statefulset, wait_for
+
+pytestmark = pytest.mark.integration
+
+FAST = {"poll_interval": 0.5}
+
+
+def wait_task(namespace, kube_auth, **options):
+    return {
+        "name": "Wait",
+        "todo.cloud.rollout_wait": {**kube_auth, "namespace": namespace, **FAST, **options},
+    }
+
+
+def run_wait(tmp_path, namespace, kube_auth, extra_args=(), **options):
+    run = run_playbook(tmp_path, [wait_task(namespace, kube_auth, **options)], extra_args=extra_args)
+    return run, run.task("Wait")
+
+
+def create(k8s, namespace, *objects):
+    for obj in objects:
+        kind = obj["kind"]
+        create_fn = {
+            "Deployment": k8s.apps.create_namespaced_deployment,
+            "StatefulSet": k8s.apps.create_namespaced_stateful_set,
+            "DaemonSet": k8s.apps.create_namespaced_daemon_set,
+        }[kind]
+        create_fn(namespace, obj)
+
+
+def test_waits_for_a_deployment_to_roll_out(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("api", replicas=3))
+    run, result = run_wait(tmp_path, namespace, kube_auth, name=["api"], timeout=90)
+    assert run.rc == 0, run.output
+    assert result["ready"] is True and result["changed"] is False
+    (api,) = result["workloads"]
+    assert api["complete"] and api["updated"] == api["ready"] == api["available"] == 3
+    dep = k8s.apps.read_namespaced_deployment("api", namespace)
+    assert dep.status.ready_replicas == 3
+
+
+def test_waits_for_statefulset_and_daemonset(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, statefulset("db"), daemonset("agent"))
+    run, result = run_wait(tmp_path, namespace, kube_auth, timeout=90)
+    assert run.rc == 0, run.output
+    assert {(w["kind"], w["complete"]) for w in result["workloads"]} == {
+        ("StatefulSet", True),
+        ("DaemonSet", True),
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "behaviour", "reason"),
+    [
+        (deployment, "crashloop", "CrashLoopBackOff"),
+        (deployment, "image-pull", "Err"),  # ErrImagePull or, a moment later, ImagePullBackOff
+        (deployment, "config-error", "CreateContainerConfigError"),
+        (statefulset, "crashloop", "CrashLoopBackOff"),
+        (statefulset, "image-pull", "Err"),
+        (daemonset, "crashloop", "CrashLoopBackOff"),
+        (daemonset, "config-error", "CreateContainerConfigError"),
+    ],
+)
+def test_fails_fast_with_the_reason(tmp_path, k8s, namespace, kube_auth, make, behaviour, reason):
+    obj = make("svc", behaviour=behaviour)
+    create(k8s, namespace, obj)
+    started = time.monotonic()
+    run, result = run_wait(tmp_path, namespace, kube_auth, timeout=120)
+    wall = time.monotonic() - started
+    assert run.rc != 0
+    assert result["failed"] is True
+    assert result["elapsed"] < 15, result  # the 15 s budget from the first failing container state
+    assert wall < 30
+    msg = result["msg"]
+    assert f"{obj['kind']}/svc pod svc-" in msg and "container app" in msg and reason in msg, msg
+    assert all(f["reason"].startswith(reason) or reason in f["reason"] for f in result["failures"]), result
+    assert "Traceback" not in run.output
+
+
+def test_readiness_window(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("web", behaviour="never-ready"))
+    run, result = run_wait(tmp_path, namespace, kube_auth, readiness_window=4, timeout=120)
+    assert run.rc != 0
+    assert "ReadinessTimeout" in result["msg"] and "running but not ready" in result["msg"]
+    assert result["elapsed"] < 15
+
+
+def test_unschedulable_pods_name_the_scheduler_reason(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("big", replicas=1, cpu="64"))
+    run, result = run_wait(tmp_path, namespace, kube_auth, unschedulable_grace=3, timeout=120)
+    assert run.rc != 0
+    assert "Unschedulable" in result["msg"] and "Insufficient cpu" in result["msg"], result["msg"]
+
+
+def test_progress_deadline_exceeded(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("slow", behaviour="never-ready", progress_deadline=3))
+    run, result = run_wait(tmp_path, namespace, kube_auth, readiness_window=600, timeout=120)
+    assert run.rc != 0
+    assert "ProgressDeadlineExceeded" in result["msg"], result["msg"]
+    assert result["elapsed"] < 30
+
+
+def test_timeout_without_fail_fast_still_diagnoses(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("stuck", behaviour="crashloop"))
+    run, result = run_wait(tmp_path, namespace, kube_auth, fail_fast=False, timeout=6)
+    assert run.rc != 0
+    assert result["msg"].startswith("timed out after 6s: Deployment/stuck waits for")
+    assert "CrashLoopBackOff" in result["msg"]
+    assert 6 <= result["elapsed"] < 12
+
+
+def test_a_failing_old_revision_does_not_fail_a_good_rollout(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("api", behaviour="crashloop"))
+    wait_for(lambda: k8s.core.list_namespaced_pod(namespace).items, what="first pods")
+    set_behaviour(k8s, namespace, "api", None)
+    run, result = run_wait(tmp_path, namespace, kube_auth, timeout=90)
+    assert run.rc == 0, run.output
+    assert result["ready"]
+
+
+def test_second_revision_of_a_failing_rollout_is_caught(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("api"))
+    run, _ = run_wait(tmp_path, namespace, kube_auth, timeout=90)
+    assert run.rc == 0, run.output
+    set_behaviour(k8s, namespace, "api", "image-pull")
+    run, result = run_wait(tmp_path, namespace, kube_auth, timeout=120)
+    assert (run.rc != 0 and "ImagePull" in result["msg"]) or "ErrImagePull" in result["msg"]
+    # maxUnavailable 0: the old pods are still there, serving
+    dep = k8s.apps.read_namespaced_deployment("api", namespace)
+    assert dep.status.available_replicas == 2
+
+
+def test_selection_by_release_and_label(tmp_path, k8s, namespace, kube_auth):
+    create(
+        k8s,
+        namespace,
+        deployment("a", annotations={"meta.helm.sh/release-name": "todo"}, labels={"tier": "front"}),
+        deployment("b", behaviour="crashloop", labels={"tier": "back"}),
+    )
+    run, result = run_wait(tmp_path, namespace, kube_auth, release="todo", timeout=60)
+    assert run.rc == 0, run.output
+    assert [w["name"] for w in result["workloads"]] == ["a"]
+    run, result = run_wait(tmp_path, namespace, kube_auth, label_selector="tier in (front)", timeout=60)
+    assert run.rc == 0 and [w["name"] for w in result["workloads"]] == ["a"]
+
+
+def test_check_mode_reports_without_waiting(tmp_path, k8s, namespace, kube_auth):
+    create(k8s, namespace, deployment("web", behaviour="never-ready"))
+    started = time.monotonic()
+    run, result = run_wait(tmp_path, namespace, kube_auth, extra_args=("--check",), timeout=300)
+    assert run.rc == 0, run.output
+    assert result["ready"] is False and result["changed"] is False
+    assert "check mode" in result["msg"]
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"kinds": ["Job"]}, "value of kinds must be one or more of"),
+        ({"name": ["nope"]}, "no Deployment, StatefulSet, DaemonSet named nope in namespace"),
+        ({"label_selector": "app in (a"}, "unable to parse requirement"),
+        ({"timeout": -1}, "timeout must be zero or more"),
+        ({"bogus": 1}, "Unsupported parameters"),
+    ],
+)
+def test_bad_parameters_fail_clearly(tmp_path, namespace, kube_auth, options, expected):
+    run, result = run_wait(tmp_path, namespace, kube_auth, **options)
+    assert run.rc != 0
+    assert expected in result["msg"], result["msg"]
+    assert "Traceback" not in run.output
+
+
+def test_empty_selection_is_an_error(tmp_path, namespace, kube_auth):
+    run, result = run_wait(tmp_path, namespace, kube_auth)
+    assert run.rc != 0 and result["msg"] == f"no Deployment, StatefulSet, DaemonSet in namespace {namespace}"
+
+
+def test_missing_namespace(tmp_path, kube_auth):
+    run, result = run_wait(tmp_path, "does-not-exist", kube_auth)
+    assert run.rc != 0 and result["msg"] == "namespace does-not-exist does not exist"
+
+
+def test_connection_problems_fail_clearly(tmp_path, controlplane):
+    unreadable = tmp_path / "kubeconfig"
+    unreadable.write_text("not: [valid")
+    cases = [
+        ({"kubeconfig": str(tmp_path / "missing")}, "does not exist"),
+        ({"kubeconfig": str(unreadable)}, "could not load the cluster connection"),
+        (
+            {"kubeconfig": str(controlplane.kubeconfig_path), "context": "nope"},
+            "could not load the cluster connection",
+        ),
+    ]
+    for auth, expected in cases:
+        run, result = run_wait(tmp_path, "default", auth)
+        assert run.rc != 0
+        assert expected in result["msg"], result["msg"]
+        assert "Traceback" not in run.output

@@ -1,0 +1,54 @@
+"""Fixtures shared by every test tier. The tiers are pytest markers (see pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from testkit.controlplane import ControlPlane
+
+
+@pytest.fixture(scope="session")
+def controlplane():
+    """A real etcd + kube-apiserver + controller-manager + scheduler + kwok (rung L2)."""
+    cp = ControlPlane.create(nodes=int(os.environ.get("TODO_TEST_NODES", "2")))
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def k8s(controlplane):
+    """kubernetes.client APIs bound to the control plane: k8s.core, k8s.apps, k8s.api_client."""
+    from kubernetes import client
+
+    api, _ = controlplane.kubectl_like_client()
+
+    class Apis:
+        api_client = api
+        core = client.CoreV1Api(api)
+        apps = client.AppsV1Api(api)
+        autoscaling = client.AutoscalingV2Api(api)
+        custom = client.CustomObjectsApi(api)
+        coordination = client.CoordinationV1Api(api)
+
+    return Apis
+
+
+@pytest.fixture
+def namespace(k8s):
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    k8s.core.create_namespace({"metadata": {"name": name}})
+    yield name
+    k8s.core.delete_namespace(name)
+
+
+@pytest.fixture
+def kube_auth(controlplane):
+    """Module connection arguments for the control plane."""
+    return {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}

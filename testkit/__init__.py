@@ -1,0 +1,1 @@
+"""Test harness: real engines started on loopback for the project's tests."""
