@@ -37,18 +37,26 @@ def test_kubernetes_staging_modules_follow_the_kubernetes_version():
     assert {v for _, v in replaced} == {f"v0.{minor_patch}"}
 
 
-@pytest.mark.parametrize(("key", "module"), [
-    ("DAPR_VERSION", "github.com/dapr/dapr"),
-    ("CERT_MANAGER_VERSION", "github.com/cert-manager/cert-manager"),
-    ("PROMETHEUS_OPERATOR_VERSION", "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring"),
-])
+@pytest.mark.parametrize(
+    ("key", "module"),
+    [
+        ("DAPR_VERSION", "github.com/dapr/dapr"),
+        ("CERT_MANAGER_VERSION", "github.com/cert-manager/cert-manager"),
+        (
+            "PROMETHEUS_OPERATOR_VERSION",
+            "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring",
+        ),
+    ],
+)
 def test_crd_sources_follow_versions_env(key, module):
     assert go_requires(toolchain.TOOLS_DIR / "crds")[module] == VERSIONS[key]
 
 
 def test_every_pin_is_used_somewhere():
     """A pin nobody reads is a lie about what the project runs."""
-    haystack = "".join(p.read_text(errors="ignore") for p in [
-        ROOT / "Makefile", ROOT / "scripts" / "toolchain.py", ROOT / "scripts" / "gen_crds.py"])
+    haystack = "".join(
+        p.read_text(errors="ignore")
+        for p in [ROOT / "Makefile", ROOT / "scripts" / "toolchain.py", ROOT / "scripts" / "gen_crds.py"]
+    )
     unused = [k for k in VERSIONS if k not in haystack]
     assert unused == []

@@ -6,6 +6,7 @@ the kubelet, so pods crash-loop, fail to pull or never get ready on request.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -16,6 +17,31 @@ from testkit.workloads import daemonset, deployment, set_behaviour, statefulset,
 pytestmark = pytest.mark.integration
 
 FAST = {"poll_interval": 0.5}
+
+
+class FirstFailure:
+    """Watches a namespace and remembers when a container first showed a failing state."""
+
+    def __init__(self, k8s, namespace):
+        self.at = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(k8s, namespace), daemon=True)
+        self._thread.start()
+
+    def _watch(self, k8s, namespace):
+        while not self._stop.is_set() and self.at is None:
+            for pod in k8s.core.list_namespaced_pod(namespace).items:
+                for status in pod.status.container_statuses or []:
+                    waiting = status.state.waiting
+                    if status.restart_count or (waiting and waiting.reason not in (None, "ContainerCreating")):
+                        self.at = time.monotonic()
+            time.sleep(0.1)
+
+    def first(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        assert self.at is not None, "no container ever failed"
+        return self.at
 
 
 def wait_task(namespace, kube_auth, **options):
@@ -66,27 +92,27 @@ def test_waits_for_statefulset_and_daemonset(tmp_path, k8s, namespace, kube_auth
     ("make", "behaviour", "reason"),
     [
         (deployment, "crashloop", "CrashLoopBackOff"),
-        (deployment, "image-pull", "Err"),  # ErrImagePull or, a moment later, ImagePullBackOff
+        (deployment, "image-pull", "ImagePull"),  # ErrImagePull or, a moment later, ImagePullBackOff
         (deployment, "config-error", "CreateContainerConfigError"),
         (statefulset, "crashloop", "CrashLoopBackOff"),
-        (statefulset, "image-pull", "Err"),
+        (statefulset, "image-pull", "ImagePull"),
         (daemonset, "crashloop", "CrashLoopBackOff"),
         (daemonset, "config-error", "CreateContainerConfigError"),
     ],
 )
 def test_fails_fast_with_the_reason(tmp_path, k8s, namespace, kube_auth, make, behaviour, reason):
     obj = make("svc", behaviour=behaviour)
+    watcher = FirstFailure(k8s, namespace)
     create(k8s, namespace, obj)
-    started = time.monotonic()
     run, result = run_wait(tmp_path, namespace, kube_auth, timeout=120)
-    wall = time.monotonic() - started
+    reported = time.monotonic()
     assert run.rc != 0
     assert result["failed"] is True
-    assert result["elapsed"] < 15, result  # the 15 s budget from the first failing container state
-    assert wall < 30
+    # reported within 15 s of the first failing container state (ansible's own start-up included)
+    assert reported - watcher.first() < 15
     msg = result["msg"]
     assert f"{obj['kind']}/svc pod svc-" in msg and "container app" in msg and reason in msg, msg
-    assert all(f["reason"].startswith(reason) or reason in f["reason"] for f in result["failures"]), result
+    assert all(reason in f["reason"] for f in result["failures"]), result
     assert "Traceback" not in run.output
 
 
