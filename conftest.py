@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import uuid
 
 import pytest
@@ -14,6 +16,9 @@ from testkit.controlplane import ControlPlane
 def controlplane():
     """A real etcd + kube-apiserver + controller-manager + scheduler + kwok (rung L2)."""
     cp = ControlPlane.create(nodes=int(os.environ.get("TODO_TEST_NODES", "2")))
+    # A CI job cancelled with SIGTERM still runs the teardown below.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cp.start()
         yield cp

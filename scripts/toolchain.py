@@ -70,6 +70,14 @@ TOOLS = [
     Tool(
         "kubeconform", "KUBECONFORM_VERSION", {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"}
     ),
+    # kube-linter's module (golang.stackrox.io/kube-linter) is not served by the Go module
+    # proxy here; kube-score does the same job (best-practice checks on rendered manifests).
+    Tool(
+        "kube-score",
+        "KUBE_SCORE_VERSION",
+        {"kube-score": "github.com/zegl/kube-score/cmd/kube-score"},
+        ("-X main.version={KUBE_SCORE_VERSION}",),
+    ),
     Tool(
         "gitleaks",
         "GITLEAKS_VERSION",

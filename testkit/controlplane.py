@@ -160,12 +160,14 @@ class ControlPlane:
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     crd_dir: Path | None = None
+    detached: bool = False  # started by the CLI: lives on after this process, never reaped
     _owned_dir: bool = False
 
     @classmethod
     def create(cls, nodes: int = 1, parent: str | None = None) -> ControlPlane:
         shm = "/dev/shm"  # noqa: S108 - a private mkdtemp folder on tmpfs: etcd without disk waits
         base = parent or (shm if os.access(shm, os.W_OK) else None)
+        reap_orphans(Path(base or tempfile.gettempdir()))
         workdir = Path(tempfile.mkdtemp(prefix="todo-cp-", dir=base))
         return cls(workdir=workdir, nodes=nodes, _owned_dir=True)
 
@@ -201,6 +203,7 @@ class ControlPlane:
             cwd=self.workdir,
         )
         log.close()
+        self.save_state()
 
     def _wait_http(
         self,
@@ -459,25 +462,16 @@ class ControlPlane:
         raise TimeoutError("nodes or default ServiceAccount not ready:\n" + self.tail("kwok"))
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            proc = self.processes[name]
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+        kill_groups([p.pid for p in self.processes.values()])
         for proc in self.processes.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
         self.processes.clear()
         if self._owned_dir and not os.environ.get("TODO_KEEP_CONTROLPLANE"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def save_state(self) -> None:
         state = {
+            "owner": 0 if self.detached else os.getpid(),
             "pids": {n: p.pid for n, p in self.processes.items()},
             "kubeconfig": str(self.kubeconfig_path),
             "ports": self.ports,
@@ -485,22 +479,41 @@ class ControlPlane:
         (self.workdir / STATE_FILE).write_text(json.dumps(state))
 
 
-def down(workdir: Path) -> None:
-    state = json.loads((workdir / STATE_FILE).read_text())
-    for pid in state["pids"].values():
+def alive(pid: int) -> bool:
+    """Running, that is: exists and is not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_groups(pids: list[int], grace: float = 10) -> None:
+    """SIGTERM each process group, then SIGKILL what is still there after `grace` seconds."""
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for pid in state["pids"].values():
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def reap_orphans(parent: Path) -> None:
+    """Stop control planes whose owning process died without stopping them (e.g. SIGKILL)."""
+    for state_file in parent.glob(f"todo-cp-*/{STATE_FILE}"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            state = json.loads(state_file.read_text())
+            if state["owner"] and not alive(state["owner"]):
+                kill_groups(list(state["pids"].values()))
+                shutil.rmtree(state_file.parent, ignore_errors=True)
+
+
+def down(workdir: Path) -> None:
+    state = json.loads((workdir / STATE_FILE).read_text())
+    kill_groups(list(state["pids"].values()))
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -518,11 +531,11 @@ def main() -> int:
         return 0
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
-        cp = ControlPlane(workdir=args.dir, nodes=args.nodes)
+        cp = ControlPlane(workdir=args.dir, nodes=args.nodes, detached=True)
     else:
         cp = ControlPlane.create(nodes=args.nodes)
+        cp.detached = True
     cp.start()
-    cp.save_state()
     atexit.unregister(cp.stop)
     print(
         f"control plane ready in {cp.timings['ready']:.1f}s "
