@@ -53,10 +53,11 @@ def connect(module: AnsibleK8SModule):
     kubeconfig = module.params.get("kubeconfig") or os.environ.get("K8S_AUTH_KUBECONFIG")
     if isinstance(kubeconfig, str):
         path = os.path.expanduser(kubeconfig)
+        # The path itself is not repeated: kubernetes.core marks `kubeconfig` no_log.
         if not os.path.exists(path):
-            raise K8sError(f"kubeconfig {kubeconfig} does not exist")
-        if not os.access(path, os.R_OK):
-            raise K8sError(f"kubeconfig {kubeconfig} is not readable")
+            raise K8sError("the kubeconfig file does not exist")
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise K8sError("the kubeconfig file is not a readable file")
     try:
         client = get_api_client(module=module)
     except Exception as exc:

@@ -33,7 +33,9 @@ class FirstFailure:
             for pod in k8s.core.list_namespaced_pod(namespace).items:
                 for status in pod.status.container_statuses or []:
                     waiting = status.state.waiting
-                    if status.restart_count or (waiting and waiting.reason not in (None, "ContainerCreating")):
+                    if status.restart_count or (
+                        waiting and waiting.reason not in (None, "ContainerCreating")
+                    ):
                         self.at = time.monotonic()
             time.sleep(0.1)
 
