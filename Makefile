@@ -39,7 +39,11 @@ test: bootstrap lint ## all offline test tiers (unit, integration, ...), after t
 	echo "make test: pytest took $$(( $$(date +%s) - start ))s"
 
 .PHONY: bootstrap
-bootstrap: $(VENV)/.synced tools ## Python environment and Go tools at the pinned versions
+bootstrap: system-deps $(VENV)/.synced tools ## Debian packages, Python environment and Go tools at the pinned versions
+
+.PHONY: system-deps
+system-deps:
+	@scripts/system-deps.sh
 
 $(UV):
 	@echo "bootstrap: installing uv $(UV_VERSION) into $(UV_HOME)"

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from testkit.controlplane import ControlPlane
+from testkit.postgres import Postgres
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +58,18 @@ def namespace(k8s):
 def kube_auth(controlplane):
     """Module connection arguments for the control plane."""
     return {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 15 server (Debian's binaries) on a free loopback port."""
+    with Postgres.create() as server:
+        yield server
+
+
+@pytest.fixture
+def database(postgres):
+    """A fresh, empty database for one test; its DSN (postgresql://...)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield postgres.create_database(name)
+    postgres.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
