@@ -312,22 +312,24 @@ def run(module, k8s_client) -> dict:
         time.sleep(params["poll_interval"])
 
 
+ARGUMENT_SPEC = dict(
+    CONNECTION_ARG_SPEC,
+    namespace=dict(type="str", required=True),
+    name=dict(type="list", elements="str", default=[]),
+    label_selector=dict(type="str"),
+    release=dict(type="str"),
+    kinds=dict(type="list", elements="str", choices=list(KINDS), default=list(KINDS)),
+    timeout=dict(type="int", default=300),
+    fail_fast=dict(type="bool", default=True),
+    crash_loop_restarts=dict(type="int", default=2),
+    readiness_window=dict(type="int", default=90),
+    unschedulable_grace=dict(type="int", default=30),
+    poll_interval=dict(type="float", default=1.0),
+)
+
+
 def main() -> None:
-    argument_spec = dict(
-        CONNECTION_ARG_SPEC,
-        namespace=dict(type="str", required=True),
-        name=dict(type="list", elements="str", default=[]),
-        label_selector=dict(type="str"),
-        release=dict(type="str"),
-        kinds=dict(type="list", elements="str", choices=list(KINDS), default=list(KINDS)),
-        timeout=dict(type="int", default=300),
-        fail_fast=dict(type="bool", default=True),
-        crash_loop_restarts=dict(type="int", default=2),
-        readiness_window=dict(type="int", default=90),
-        unschedulable_grace=dict(type="int", default=30),
-        poll_interval=dict(type="float", default=1.0),
-    )
-    module = AnsibleK8SModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleK8SModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     for option in ("timeout", "crash_loop_restarts", "readiness_window", "unschedulable_grace"):
         if module.params[option] < 0:
             module.fail_json(msg=f"{option} must be zero or more, got {module.params[option]}")

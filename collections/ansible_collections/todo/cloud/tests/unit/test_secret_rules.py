@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
 import secrets as pysecrets
 import string
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from ansible_collections.todo.cloud.plugins.module_utils import secret_rules as rules
@@ -452,76 +447,3 @@ def test_a_check_that_raises_reports_unreadable_without_the_text(monkeypatch):
     assert rules.value_problems(b"https://s3cr3t-value.example", URL) == [
         ("unreadable", "could not be checked")
     ]
-
-
-# -- documentation (static, rung L0) ------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[6]
-BIN = Path(sys.executable).parent
-
-
-def ansible_doc(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run(
-        [str(BIN / "ansible-doc"), *args, "todo.cloud.secret_assert"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
-def test_ansible_doc_renders_the_module():
-    proc = ansible_doc()
-    assert proc.returncode == 0, proc.stderr
-    assert "[WARNING]" not in proc.stderr
-    for text in (
-        "namespace",
-        "secrets",
-        "placeholders",
-        "allow_placeholders",
-        "distinct_from",
-        "kubeconfig",
-        "context",
-        "EXAMPLES",
-        "RETURN VALUES",
-        "problems",
-        "checked",
-        "compared_namespaces",
-    ):
-        assert text in proc.stdout, text
-
-
-def _compare(spec: dict, documented: dict, where: str) -> list[str]:
-    diffs = []
-    if set(spec) != set(documented):
-        diffs.append(
-            f"{where}: argument_spec {sorted(set(spec) - set(documented))} not documented, "
-            f"documented {sorted(set(documented) - set(spec))} not in argument_spec"
-        )
-    for name in set(spec) & set(documented):
-        arg, doc = spec[name], documented[name]
-        for attr, default in (
-            ("type", "str"),
-            ("required", False),
-            ("default", None),
-            ("elements", None),
-            ("choices", None),
-            ("aliases", None),
-        ):
-            if arg.get(attr, default) != doc.get(attr, default):
-                diffs.append(f"{where}{name}.{attr}: spec {arg.get(attr)!r} != doc {doc.get(attr)!r}")
-        if arg.get("options") or doc.get("suboptions"):
-            diffs += _compare(arg.get("options") or {}, doc.get("suboptions") or {}, f"{where}{name}.")
-    return diffs
-
-
-def test_documentation_matches_the_argument_spec():
-    from ansible_collections.todo.cloud.plugins.modules import secret_assert
-
-    proc = ansible_doc("--json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)["todo.cloud.secret_assert"]["doc"]
-    assert _compare(secret_assert.ARGUMENT_SPEC, doc["options"], "") == []
