@@ -125,22 +125,25 @@ def test_unknown_fields_are_rejected_with_strict_validation(k8s, namespace):
 
 
 @pytest.mark.parametrize(
-    "plural",
+    ("name", "kind", "scope", "storage"),
     [
-        "components.dapr.io",
-        "configurations.dapr.io",
-        "subscriptions.dapr.io",
-        "resiliencies.dapr.io",
-        "certificates.cert-manager.io",
-        "issuers.cert-manager.io",
-        "clusterissuers.cert-manager.io",
-        "servicemonitors.monitoring.coreos.com",
-        "podmonitors.monitoring.coreos.com",
-        "prometheusrules.monitoring.coreos.com",
+        ("components.dapr.io", "Component", "Namespaced", "v1alpha1"),
+        ("configurations.dapr.io", "Configuration", "Namespaced", "v1alpha1"),
+        ("subscriptions.dapr.io", "Subscription", "Namespaced", "v2alpha1"),
+        ("resiliencies.dapr.io", "Resiliency", "Namespaced", "v1alpha1"),
+        ("certificates.cert-manager.io", "Certificate", "Namespaced", "v1"),
+        ("issuers.cert-manager.io", "Issuer", "Namespaced", "v1"),
+        ("clusterissuers.cert-manager.io", "ClusterIssuer", "Cluster", "v1"),
+        ("servicemonitors.monitoring.coreos.com", "ServiceMonitor", "Namespaced", "v1"),
+        ("podmonitors.monitoring.coreos.com", "PodMonitor", "Namespaced", "v1"),
+        ("prometheusrules.monitoring.coreos.com", "PrometheusRule", "Namespaced", "v1"),
     ],
 )
-def test_platform_crds_are_established(k8s, plural):
+def test_platform_crds_are_established(k8s, name, kind, scope, storage):
+    """Generated from the projects' Go types, with the group, scope and storage version they ship."""
     from kubernetes import client
 
-    crd = client.ApiextensionsV1Api(k8s.api_client).read_custom_resource_definition(plural)
+    crd = client.ApiextensionsV1Api(k8s.api_client).read_custom_resource_definition(name)
     assert {c.type: c.status for c in crd.status.conditions}["Established"] == "True"
+    assert (crd.spec.names.kind, crd.spec.scope) == (kind, scope)
+    assert [v.name for v in crd.spec.versions if v.storage] == [storage]
