@@ -1,0 +1,43 @@
+"""The database engine (SQLAlchemy 2 async on asyncpg) and its readiness check."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from todo_api.settings import ApiSettings
+
+
+def async_url(url: str) -> str:
+    """``postgresql://`` / ``postgres://`` DSNs with the asyncpg driver; ``sslmode`` becomes ``ssl``."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(settings: ApiSettings) -> AsyncEngine:
+    server_settings = {"application_name": f"todo-{settings.service_name}"}
+    if settings.db_statement_timeout_ms:
+        server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+    return create_async_engine(
+        async_url(settings.database_url.get_secret_value()),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_recycle=1800,
+        connect_args={"server_settings": server_settings},
+    )
+
+
+def database_check(engine: AsyncEngine):
+    async def check() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    return check

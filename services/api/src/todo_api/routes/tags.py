@@ -1,0 +1,18 @@
+"""The user's tags with the number of tasks carrying each (most used first)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from todo_shared.auth import UserId
+
+from todo_api.routes.deps import StoreDep
+from todo_api.schemas import TagCount, TagList
+
+router = APIRouter(prefix="/api/v1/tags", tags=["tags"])
+
+
+@router.get("", response_model=TagList)
+async def list_tags(user_id: UserId, store: StoreDep) -> TagList:
+    return TagList(
+        items=[TagCount(name=name, count=count) for name, count in await store.tag_counts(user_id)]
+    )

@@ -1,0 +1,121 @@
+"""JSON logs to stdout: one object per line, with the request id, never a secret.
+
+Public API:
+
+- ``configure_logging(level, service)``: route the root, uvicorn and library loggers to
+  one JSON handler on stdout (idempotent; call it once at start-up).
+- ``JsonFormatter``: the formatter (``time``, ``level``, ``logger``, ``message``,
+  ``service``, ``request_id``, then any ``extra=`` fields and ``exc`` for exceptions).
+- ``request_id_var``: the ContextVar holding the current request id (set by the
+  request-id middleware; readable anywhere, e.g. to forward it to another service).
+- ``redact(value)``: what the formatter does to ``extra`` fields: values under a sensitive
+  key (password, token, secret, authorization, cookie, api key, dsn...) become
+  ``[REDACTED]``, a ``SecretStr`` stays masked, nested dicts and lists are walked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import SecretBytes, SecretStr
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+REDACTED = "[REDACTED]"
+SENSITIVE_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "api_key",
+    "apikey",
+    "api-key",
+    "signing_key",
+    "private_key",
+    "dsn",
+    "database_url",
+    "credential",
+)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "color_message", "taskName"}
+)
+
+
+def is_sensitive_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(part in lowered for part in SENSITIVE_KEY_PARTS)
+
+
+def redact(value: Any, key: str | None = None, _depth: int = 0) -> Any:
+    """A JSON-friendly copy of ``value`` with secrets removed."""
+    if key is not None and is_sensitive_key(key):
+        return REDACTED
+    if isinstance(value, SecretStr | SecretBytes):
+        return str(value)  # pydantic masks it: '**********'
+    if _depth > 6:
+        return repr(value)[:200]
+    if isinstance(value, dict):
+        return {str(k): redact(v, str(k), _depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v, None, _depth + 1) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str = "") -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": self.service,
+            "request_id": request_id_var.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in entry and not key.startswith("_"):
+                entry[key] = redact(value, key)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+_LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi", "sqlalchemy", "alembic", "httpx")
+
+
+def configure_logging(level: str = "INFO", service: str = "") -> None:
+    """One JSON handler on stdout for everything; uvicorn's access log stays off (we log requests)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _LIBRARY_LOGGERS:
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request line at INFO with full URLs; keep it at WARNING.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
