@@ -39,7 +39,7 @@ test: bootstrap lint ## all offline test tiers (unit, integration, ...), after t
 	echo "make test: pytest took $$(( $$(date +%s) - start ))s"
 
 .PHONY: bootstrap
-bootstrap: system-deps $(VENV)/.synced tools ## Debian packages, Python environment and Go tools at the pinned versions
+bootstrap: system-deps $(VENV)/.synced tools kafka ## Debian packages, Python environment, Go tools and Kafka's jars at the pinned versions
 
 .PHONY: system-deps
 system-deps:
@@ -59,6 +59,10 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 tools: ## build (or find cached) the Go tools pinned in versions.env
 	@command -v go >/dev/null || { echo "bootstrap: Go $(GO_MIN_VERSION)+ is required (go not found)" >&2; exit 1; }
 	@python$(PYTHON_VERSION) scripts/toolchain.py
+
+.PHONY: kafka
+kafka: system-deps ## fetch (or find cached) Apache Kafka's broker jars (KAFKA_VERSION) from Maven Central
+	@python$(PYTHON_VERSION) scripts/kafka_jars.py >/dev/null
 
 .PHONY: lint
 lint: $(VENV)/.synced ## ruff, yamllint, ansible-lint (production profile)

@@ -73,3 +73,27 @@ def database(postgres):
     name = f"t_{uuid.uuid4().hex[:10]}"
     yield postgres.create_database(name)
     postgres.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """A real Apache Kafka broker (KRaft, single node) reached like Redpanda Cloud: SASL_SSL, SCRAM-SHA-256.
+
+    kafka.bootstrap, kafka.username, kafka.password, kafka.ca_file / kafka.ca_pem;
+    kafka.client_config() for confluent-kafka, kafka.dapr_metadata() for a pubsub.kafka
+    component, kafka.create_topic(name, partitions). Topics are not auto-created.
+    """
+    from testkit.kafka import Kafka
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with Kafka.create() as broker:
+        yield broker
+
+
+@pytest.fixture
+def kafka_topic(kafka):
+    """A fresh topic with 3 partitions for one test; its name. Deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield kafka.create_topic(name, partitions=3)
+    kafka.delete_topic(name)
