@@ -51,7 +51,9 @@ class Tool:
     ldflags: tuple[str, ...] = ()
 
     def flags(self, versions: dict[str, str]) -> list[str]:
-        return [f.format(**versions) for f in self.ldflags]
+        # {KEY} is the pin as written (v1.16.5), {KEY_NUMBER} the same without the "v".
+        numbers = {f"{key}_NUMBER": value.removeprefix("v") for key, value in versions.items()}
+        return [f.format(**versions, **numbers) for f in self.ldflags]
 
 
 K8S_LDFLAGS = (
@@ -102,6 +104,18 @@ TOOLS = [
         ("-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}",),
     ),
     Tool("etcd", "ETCD_VERSION", {"etcd": "go.etcd.io/etcd/server/v3"}),
+    # daprd with only the components the project uses (tools/dapr/daprd: upstream's daprd
+    # minus cmd/daprd/components, which links in all ~130), and the scheduler (Jobs API).
+    Tool(
+        "dapr",
+        "DAPR_VERSION",
+        {"daprd": "todo-cloud/tools/dapr/daprd", "scheduler": "github.com/dapr/dapr/cmd/scheduler"},
+        (
+            "-X github.com/dapr/dapr/pkg/buildinfo.version={DAPR_VERSION_NUMBER}",
+            "-X github.com/dapr/dapr/pkg/buildinfo.gitversion={DAPR_VERSION}",
+            "-X github.com/dapr/kit/logger.DaprVersion={DAPR_VERSION_NUMBER}",
+        ),
+    ),
     Tool(
         "kubernetes",
         "KUBERNETES_VERSION",
@@ -130,6 +144,9 @@ def tool_key(tool: Tool, versions: dict[str, str]) -> str:
         digest.update((TOOLS_DIR / tool.name / name).read_bytes())
     digest.update(" ".join(tool.flags(versions)).encode())
     digest.update(repr(sorted(tool.packages.items())).encode())
+    for source in sorted((TOOLS_DIR / tool.name).glob("*/*.go")):  # a main of the tool's own
+        digest.update(f"{source.parent.name}/{source.name}".encode())
+        digest.update(source.read_bytes())
     return f"{tool.name}-{versions[tool.version_key]}-{digest.hexdigest()[:12]}"
 
 
