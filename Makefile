@@ -76,8 +76,9 @@ controlplane: bootstrap ## start the test control plane and print its kubeconfig
 	@$(PY) -m testkit.controlplane up --nodes 2
 
 .PHONY: bench
-bench: bootstrap ## benchmarks: control-plane start, rollout_wait failure detection
+bench: bootstrap ## benchmarks: control-plane start, rollout_wait failure detection, api throughput
 	@$(PY) bench/rollout_wait.py
+	@$(PY) bench/api.py
 
 .PHONY: clean
 clean: ## remove the clone's environment and tool links (the cache stays)
