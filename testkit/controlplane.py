@@ -19,13 +19,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
-import contextlib
-import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,95 +32,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import toolchain  # noqa: E402  (scripts/ is not a package)
 
+from testkit.pki import PEM, server_pki  # noqa: E402
+from testkit.procs import free_port, kill_groups, reap_orphans  # noqa: E402
+
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-STATE_FILE = "controlplane.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _write_key(path: Path, key) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
+STATE_FILE = "state.json"
 
 
 def make_pki(folder: Path) -> None:
     """A CA, the API server's serving certificate and the service-account key pair."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "todo-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    server_pki("todo-test-ca", "kube-apiserver", ("127.0.0.1", "localhost", "kubernetes.default.svc")).write(
+        folder, ca="ca.crt", cert="apiserver.crt", key="apiserver.key"
     )
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = [
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_key(folder / "ca.key", ca_key)
-    (folder / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(folder / "apiserver.key", key)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_key(folder / "sa.key", sa_key)
+    (folder / "sa.key").write_bytes(
+        sa_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (folder / "sa.key").chmod(0o600)
     (folder / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        sa_key.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -167,7 +101,7 @@ class ControlPlane:
     def create(cls, nodes: int = 1, parent: str | None = None) -> ControlPlane:
         shm = "/dev/shm"  # noqa: S108 - a private mkdtemp folder on tmpfs: etcd without disk waits
         base = parent or (shm if os.access(shm, os.W_OK) else None)
-        reap_orphans(Path(base or tempfile.gettempdir()))
+        reap_orphans(Path(base or tempfile.gettempdir()), "todo-cp-*")
         workdir = Path(tempfile.mkdtemp(prefix="todo-cp-", dir=base))
         return cls(workdir=workdir, nodes=nodes, _owned_dir=True)
 
@@ -472,48 +406,16 @@ class ControlPlane:
     def save_state(self) -> None:
         state = {
             "owner": 0 if self.detached else os.getpid(),
-            "pids": {n: p.pid for n, p in self.processes.items()},
+            "pids": [p.pid for p in self.processes.values()],
             "kubeconfig": str(self.kubeconfig_path),
             "ports": self.ports,
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state))
 
 
-def alive(pid: int) -> bool:
-    """Running, that is: exists and is not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def kill_groups(pids: list[int], grace: float = 10) -> None:
-    """SIGTERM each process group, then SIGKILL what is still there after `grace` seconds."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-
-
-def reap_orphans(parent: Path) -> None:
-    """Stop control planes whose owning process died without stopping them (e.g. SIGKILL)."""
-    for state_file in parent.glob(f"todo-cp-*/{STATE_FILE}"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            state = json.loads(state_file.read_text())
-            if state["owner"] and not alive(state["owner"]):
-                kill_groups(list(state["pids"].values()))
-                shutil.rmtree(state_file.parent, ignore_errors=True)
-
-
 def down(workdir: Path) -> None:
     state = json.loads((workdir / STATE_FILE).read_text())
-    kill_groups(list(state["pids"].values()))
+    kill_groups(state["pids"])
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -34,7 +34,6 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -49,16 +48,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import kafka_jars  # noqa: E402  (scripts/ is not a package)
 
-STATE_FILE = "kafka.json"
+from testkit.pki import server_pki  # noqa: E402
+from testkit.procs import alive, free_port, kill_groups, reap_orphans  # noqa: E402
+
+STATE_FILE = "state.json"
 SCRAM = "SCRAM-SHA-256"
 STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 # Short-lived JVMs (the storage tool) start faster with the C1 compiler only.
@@ -80,100 +77,12 @@ logger.netty.level = warn
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """Running, that is: exists and is not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def kill_group(pid: int, grace: float = 20) -> bool:
-    """SIGTERM the process group (Kafka shuts down cleanly), SIGKILL it after `grace` seconds.
-
-    True when the leader exited within the grace period.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    clean = not alive(pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    return clean
-
-
-def make_pki(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
+def make_pki(folder: Path) -> None:
     """ca.pem (the test CA) and broker.pem (the broker's key and certificate chain, PEM keystore)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "todo-test-kafka-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kafka-broker")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_pem = ca.public_bytes(pem)
-    (folder / "ca.pem").write_bytes(ca_pem)
-    # Kafka's PEM keystore: an unencrypted PKCS#8 key, then the certificate chain.
-    keystore = folder / "broker.pem"
-    keystore.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        + cert.public_bytes(pem)
-        + ca_pem
-    )
+    pki = server_pki("todo-test-kafka-ca", "kafka-broker")
+    (folder / "ca.pem").write_bytes(pki.ca_pem)
+    keystore = folder / "broker.pem"  # Kafka's PEM keystore: the PKCS#8 key, then the chain
+    keystore.write_bytes(pki.key_pem + pki.cert_pem + pki.ca_pem)
     keystore.chmod(0o600)
 
 
@@ -207,7 +116,7 @@ class Kafka:
     def create(cls, parent: str | None = None, **options) -> Kafka:
         shm = "/dev/shm"  # noqa: S108 - a private mkdtemp folder on tmpfs
         base = parent or (shm if os.access(shm, os.W_OK) else None)
-        reap_orphans(Path(base or tempfile.gettempdir()))
+        reap_orphans(Path(base or tempfile.gettempdir()), "todo-kafka-*")
         workdir = Path(tempfile.mkdtemp(prefix="todo-kafka-", dir=base))
         return cls(workdir=workdir, _owned_dir=True, **options)
 
@@ -468,7 +377,7 @@ class Kafka:
                 os.killpg(self.process.pid, signal.SIGKILL)
             clean = False
         else:
-            clean = kill_group(self.process.pid)
+            clean = kill_groups([self.process.pid], grace=20)
         self.process.wait()
         if self._cds_dump:
             if clean and self._cds_dump.is_file() and not self._cds_archive().exists():
@@ -488,7 +397,7 @@ class Kafka:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _save_state(self) -> None:
-        state = {"owner": os.getpid(), "pid": self.process.pid if self.process else 0}
+        state = {"owner": os.getpid(), "pids": [self.process.pid] if self.process else []}
         (self.workdir / STATE_FILE).write_text(json.dumps(state))
 
     # -- helpers for tests -------------------------------------------------------------------
@@ -549,17 +458,6 @@ class Kafka:
     def delete_topic(self, name: str, timeout: float = 30) -> None:
         admin = self.admin()
         admin.delete_topics([name], operation_timeout=timeout)[name].result(timeout)
-
-
-def reap_orphans(parent: Path) -> None:
-    """Stop brokers whose owning process died without stopping them (e.g. SIGKILL)."""
-    for state_file in parent.glob(f"todo-kafka-*/{STATE_FILE}"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            state = json.loads(state_file.read_text())
-            if state["owner"] and not alive(state["owner"]):
-                if state["pid"]:
-                    kill_group(state["pid"], grace=5)
-                shutil.rmtree(state_file.parent, ignore_errors=True)
 
 
 def main() -> int:

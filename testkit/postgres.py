@@ -13,13 +13,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from testkit.procs import free_port
 
 PG_MAJOR = os.environ.get("TODO_PG_MAJOR", "15")
 
@@ -29,12 +30,6 @@ def pg_bin(tool: str) -> str:
     if not found:
         raise FileNotFoundError(f"PostgreSQL {PG_MAJOR} not installed (run `make bootstrap`): no {tool}")
     return found[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

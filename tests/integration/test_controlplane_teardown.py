@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.controlplane import STATE_FILE, ControlPlane, alive
+from testkit.controlplane import STATE_FILE, ControlPlane
+from testkit.procs import alive
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,9 +63,9 @@ def test_orphans_of_a_killed_owner_are_reaped(tmp_path):
     survivor = ControlPlane.create(nodes=1)  # creating the next one reaps the orphan
     try:
         deadline = time.monotonic() + 15
-        while any(alive(pid) for pid in state["pids"].values()) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in state["pids"]) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(alive(pid) for pid in state["pids"].values())
+        assert not any(alive(pid) for pid in state["pids"])
         assert not cp.workdir.exists()
     finally:
         survivor.stop()

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,9 @@ from todo_shared.auth import issue_token
 from todo_shared.logs import JsonFormatter
 from todo_shared.settings import SettingsError, load_settings
 
+from testkit.procs import free_port
+
 COMMAND = [sys.executable, "-c", "from todo_api.main import run; run()"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def service_env(**extra: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ from todo_shared.problems import PROBLEM_JSON
 from todo_shared.server import GracefulServer, uvicorn_config
 from todo_shared.settings import ServiceSettings
 from todo_shared.testing import ServerThread
+
+from testkit.procs import free_port
 
 SERVICE = """
 import asyncio, logging
@@ -44,12 +45,6 @@ async def lifespan(app):
 
 run(lambda: create_app(load_settings(ServiceSettings), lifespan=lifespan, routers=[router]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int]:

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,14 @@ from pathlib import Path
 
 import httpx
 
+from testkit.procs import free_port
+
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "artifacts"
 LOGS = ARTIFACTS / "logs" / "web-tests"
 SCREENSHOTS = ARTIFACTS / "screenshots"
 PASSWORD = "correct horse battery"  # noqa: S105 - the test accounts' password
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
