@@ -77,8 +77,8 @@ controlplane: bootstrap ## start the test control plane and print its kubeconfig
 
 .PHONY: bench
 bench: bootstrap ## benchmarks: control-plane start, rollout_wait failure detection, api throughput
-	@$(PY) bench/rollout_wait.py
-	@$(PY) bench/api.py
+	@$(PY) -m bench.rollout_wait
+	@$(PY) -m bench.api
 
 .PHONY: clean
 clean: ## remove the clone's environment and tool links (the cache stays)

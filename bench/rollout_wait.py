@@ -22,12 +22,9 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from testkit.ansible import run_playbook  # noqa: E402
-from testkit.controlplane import ControlPlane  # noqa: E402
-from testkit.workloads import deployment  # noqa: E402
+from testkit.ansible import run_playbook
+from testkit.controlplane import ControlPlane
+from testkit.workloads import deployment
 
 MODES = [
     ("crashloop", {}),

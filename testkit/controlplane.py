@@ -31,16 +31,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import toolchain
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import toolchain  # noqa: E402  (scripts/ is not a package)
+from testkit.pki import PEM, server_pki
+from testkit.procs import free_port, kill_groups, reap_orphans
 
-from testkit.pki import PEM, server_pki  # noqa: E402
-from testkit.procs import free_port, kill_groups, reap_orphans  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"

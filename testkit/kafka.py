@@ -48,12 +48,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import kafka_jars  # noqa: E402  (scripts/ is not a package)
+import kafka_jars
 
-from testkit.pki import server_pki  # noqa: E402
-from testkit.procs import alive, free_port, kill_groups, reap_orphans  # noqa: E402
+from testkit.pki import server_pki
+from testkit.procs import alive, free_port, kill_groups, reap_orphans
+
+ROOT = Path(__file__).resolve().parent.parent
 
 STATE_FILE = "state.json"
 SCRAM = "SCRAM-SHA-256"

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import kafka_jars  # noqa: E402
+from testkit.kafka import kafka_jars
 
 pytestmark = pytest.mark.unit
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from testkit.controlplane import toolchain
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import toolchain  # noqa: E402
 
 pytestmark = pytest.mark.unit
 VERSIONS = toolchain.read_versions()
