@@ -80,8 +80,8 @@ def kafka():
     """A real Apache Kafka broker (KRaft, single node) reached like Redpanda Cloud: SASL_SSL, SCRAM-SHA-256.
 
     kafka.bootstrap, kafka.username, kafka.password, kafka.ca_file / kafka.ca_pem;
-    kafka.client_config() for confluent-kafka, kafka.dapr_metadata() for a pubsub.kafka
-    component, kafka.create_topic(name, partitions). Topics are not auto-created.
+    kafka.client_config() for confluent-kafka, kafka.create_topic(name, partitions). Topics
+    are not auto-created. Dapr's components reach it through the `dapr` fixture.
     """
     from testkit.kafka import Kafka
 
@@ -97,3 +97,19 @@ def kafka_topic(kafka):
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield kafka.create_topic(name, partitions=3)
     kafka.delete_topic(name)
+
+
+@pytest.fixture(scope="session")
+def dapr(kafka, postgres):
+    """Real Dapr: the scheduler running and a resources folder with the project's components
+    (charts/todo/dapr/) wired to the session's Kafka and PostgreSQL through a local secret store.
+
+    dapr.topics("task-events-ab12", partitions=3) creates topics; dapr.sidecar(app_id,
+    app_port, api_token=..., app_token=...) starts a daprd (.env() for the app, .stop(),
+    .restart(), .wait_ready(), .tail()). See testkit/dapr.py.
+    """
+    from testkit.dapr import DaprEnv
+
+    env = DaprEnv.create(kafka=kafka, state_dsn=postgres.create_database("dapr_state"))
+    yield env
+    env.stop()

@@ -163,18 +163,6 @@ class Kafka:
     def admin_config(self, **extra) -> dict:
         return self.client_config(self.admin_username, self.admin_password, **extra)
 
-    def dapr_metadata(self, consumer_group: str = "todo") -> dict[str, str]:
-        """The metadata of a Dapr `pubsub.kafka` component pointed at this broker."""
-        return {
-            "brokers": self.bootstrap,
-            "authType": "password",
-            "saslUsername": self.username,
-            "saslPassword": self.password,
-            "saslMechanism": "SHA-256",
-            "caCert": self.ca_pem,
-            "consumerGroup": consumer_group,
-        }
-
     # -- lifecycle ---------------------------------------------------------------------------
     def _java(self) -> str:
         home = os.environ.get("JAVA_HOME")
