@@ -35,8 +35,7 @@ func init() {
 	secretLoader.DefaultRegistry.RegisterComponent(secretKubernetes.NewKubernetesSecretStore, "kubernetes")
 
 	// The name resolvers daprd picks when no Configuration names one: mdns in self-hosted
-	// mode, kubernetes in a cluster. Without one it logs an error and cannot invoke
-	// other apps; the project does not use service invocation, but keep daprd quiet.
+	// mode, kubernetes in a cluster. The web invokes the api through its sidecar.
 	nrLoader.DefaultRegistry.RegisterComponent(nrMDNS.NewResolver, "mdns")
 	nrLoader.DefaultRegistry.RegisterComponent(nrKubernetes.NewResolver, "kubernetes")
 }
