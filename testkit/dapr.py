@@ -171,7 +171,7 @@ class Sidecar:
     """One daprd in standalone mode next to an app listening on `app_port`."""
 
     app_id: str
-    app_port: int
+    app_port: int | None  # None: an app that only calls out (publishes), never called back
     resources: Path
     folder: Path
     scheduler: str | None = None
@@ -207,9 +207,6 @@ class Sidecar:
             _binary("daprd"),
             "--mode=standalone",
             f"--app-id={self.app_id}",
-            f"--app-port={self.app_port}",
-            "--app-protocol=http",
-            "--app-channel-address=127.0.0.1",
             f"--resources-path={self.resources}",
             "--dapr-listen-addresses=127.0.0.1",
             f"--dapr-http-port={self.http_port}",
@@ -221,6 +218,8 @@ class Sidecar:
             f"--log-level={self.log_level}",
             "--dapr-graceful-shutdown-seconds=5",
         ]
+        if self.app_port is not None:
+            argv += [f"--app-port={self.app_port}", "--app-protocol=http", "--app-channel-address=127.0.0.1"]
         if self.scheduler:
             argv.append(f"--scheduler-host-address={self.scheduler}")
         env = {}
@@ -333,7 +332,7 @@ class DaprEnv:
     def sidecar(
         self,
         app_id: str,
-        app_port: int,
+        app_port: int | None,
         *,
         api_token: str | None = None,
         app_token: str | None = None,
