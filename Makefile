@@ -71,6 +71,10 @@ lint: $(VENV)/.synced ## ruff, yamllint, ansible-lint (production profile)
 	@$(VENV)/bin/yamllint --strict .
 	@$(VENV)/bin/ansible-lint --profile production --strict -q
 
+.PHONY: dev
+dev: bootstrap ## run the whole app in process mode (PostgreSQL, Kafka, daprd per service, nginx); Ctrl-C stops it
+	@$(PY) -m testkit.stack
+
 .PHONY: controlplane
 controlplane: bootstrap ## start the test control plane and print its kubeconfig (stop: see its output)
 	@$(PY) -m testkit.controlplane up --nodes 2

@@ -81,6 +81,7 @@ class Process:
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    inherit_env: bool = True  # False: `env` is the whole environment
     popen: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -90,7 +91,7 @@ class Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env} if self.inherit_env else self.env,
                 cwd=self.cwd,
                 start_new_session=True,
             )
