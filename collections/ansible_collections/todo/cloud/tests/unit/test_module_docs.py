@@ -46,7 +46,7 @@ def compare(spec: dict, documented: dict, where: str = "") -> list[str]:
 
 
 def test_both_modules_exist():
-    assert MODULES == ["deploy_lock", "rollout_wait", "secret_assert"]
+    assert MODULES == ["deploy_lock", "rollout_wait", "secret_assert", "service_check"]
 
 
 @pytest.mark.parametrize("module", MODULES)
