@@ -350,6 +350,7 @@ class ControlPlane:
             capacity = {
                 "cpu": cpu or self.node_cpu,
                 "memory": memory or self.node_memory,
+                "ephemeral-storage": "50Gi",  # what a small DOKS node's disk gives pods
                 "pods": self.node_pods,
             }
             core.create_node(

@@ -111,7 +111,15 @@ def apps():
 
 def test_components_are_written_once_and_scoped():
     documents = {path.name: yaml.safe_load(path.read_text()) for path in COMPONENTS.glob("*.yaml")}
-    assert set(documents) == {"pubsub.yaml", "pubsub-fanout.yaml", "statestore.yaml"}
+    kinds = {name: doc["kind"] for name, doc in documents.items()}
+    assert kinds == {
+        "pubsub.yaml": "Component",
+        "pubsub-fanout.yaml": "Component",
+        "statestore.yaml": "Component",
+        "resiliency.yaml": "Resiliency",
+    }
+    assert documents["resiliency.yaml"]["scopes"] == ["notifier"]
+    documents = {name: doc for name, doc in documents.items() if doc["kind"] == "Component"}
     for name, doc in documents.items():
         assert doc["scopes"], f"{name} is not scoped"
         assert doc["auth"] == {"secretStore": "secretstore"}

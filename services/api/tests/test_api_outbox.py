@@ -313,14 +313,16 @@ async def test_a_user_claimed_by_one_relay_is_skipped_by_another(app, client, al
     for user in (alice, bob):
         for i in range(3):
             await client.post(TASKS, json={"title": f"t{i}"}, headers=user.headers)
-    from todo_api.outbox import _CLAIM_USERS
+    from todo_api.outbox import OUTBOX_TABLE
+    from todo_shared.outbox import OutboxStatements
 
+    claim_users = OutboxStatements(OUTBOX_TABLE).claim_users
     engine = app.state.engine
     async with engine.connect() as replica_a, engine.connect() as replica_b:
         await replica_a.begin()
-        claimed_a = (await replica_a.execute(_CLAIM_USERS, {"users": 1})).all()
+        claimed_a = (await replica_a.execute(claim_users, {"users": 1})).all()
         await replica_b.begin()
-        claimed_b = (await replica_b.execute(_CLAIM_USERS, {"users": 10})).all()
+        claimed_b = (await replica_b.execute(claim_users, {"users": 10})).all()
         await replica_a.rollback()
         await replica_b.rollback()
     assert [str(r.user_id) for r in claimed_a] == [alice.id]

