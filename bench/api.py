@@ -4,22 +4,27 @@ rate for the same writes, measured in the same run. Prints figures and ratios, n
 
 What runs (all on this machine, loopback):
 - a real PostgreSQL 15 (testkit.postgres), the schema from the api's migrations;
-- the api as its real `todo-api` process(es) (uvicorn, production argon2 and log settings),
-  its outbox relay publishing every event to a stand-in for the Dapr sidecar (a separate
-  process; daprd is not on this machine yet);
-- a load client: asyncio + uvloop keep-alive HTTP/1.1 connections, a fixed number of them
-  (closed loop), one signed-in user per connection;
-- pgbench (Debian's postgresql-15) at the same concurrency, with a script doing the same
-  transaction as one task create: insert the task row, take the per-user advisory lock,
-  insert the outbox row with a task snapshot of the same size.
+- the api as production runs it: `--replicas` (default 2, the chart's `api.replicas`) real
+  `todo-api` processes, each one uvicorn process as in one pod (uvloop + httptools,
+  production argon2 and log settings, JSON logs to a file), each with its outbox relay
+  publishing every event to a stand-in for the Dapr sidecar (a separate process; daprd is
+  not on this machine yet);
+- a load client: asyncio + uvloop keep-alive HTTP/1.1 connections (a bare protocol, to take
+  little of the shared CPU), a fixed number of them (closed loop), one signed-in user per
+  connection, spread round-robin over the replicas as a Service would;
+- pgbench (Debian's postgresql-15) at the same concurrency, twice: first with the very
+  statement the api sends for one task create (insert the task row, take the per-user
+  advisory lock, insert the outbox row with a task snapshot of the same size, in one
+  implicit transaction): the reference the target is read against; then with the same
+  writes as BEGIN, two INSERTs and COMMIT (four round trips; the reference of earlier runs).
 
 Two reference phases come first: the service floor (GET /healthz: uvicorn, FastAPI and the
 shared middleware, no database) and GET /auth/me (token check + one query).
 
 Targets the figures are read against: create p99 < 50 ms at the measured rate; api create
-throughput >= 30% of pgbench's rate for the same writes.
+throughput >= 30% of pgbench's rate for the same statement.
 
-Usage: python bench/api.py [--concurrency 8] [--duration 10] [--warmup 2] [--replicas 1]
+Usage: python -m bench.api [--concurrency 8] [--duration 10] [--warmup 2] [--replicas 2]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -59,8 +65,34 @@ SNAPSHOT = {
     "next_task_id": None,
 }
 
-# One task create, as the api does it (store.create_task + outbox.record_event).
-PGBENCH_SCRIPT = """\
+# One task create exactly as the api sends it (todo_api.store._CREATE_TASK_WITH_EVENT): one
+# statement in its own implicit transaction inserting the task row, taking the per-user
+# advisory lock and inserting the outbox row with a task snapshot of the same size. Ids and
+# times come from the server here, from the api there. The reference the target is read against.
+PGBENCH_SAME_STATEMENT = """\
+\\set n random(1, 1000000)
+WITH new_task AS (
+  INSERT INTO tasks (id, user_id, series_id, title, description, priority, tags, due_at,
+                     remind_before_minutes, recurrence, created_at, updated_at)
+  SELECT t.id, md5(:client_id::text)::uuid, t.id, 'bench task ' || :n, NULL, 'medium', '{{bench}}',
+         NULL, NULL, 'none', now(), now()
+  FROM (SELECT gen_random_uuid() AS id) t
+  RETURNING id, created_at
+), user_lock AS MATERIALIZED (
+  SELECT pg_advisory_xact_lock(('x' || substr(md5(:client_id::text), 1, 16))::bit(64)::bigint)
+)
+INSERT INTO outbox_events (id, type, user_id, task_id, payload, created_at)
+  SELECT gen_random_uuid(), 'task.created', md5(:client_id::text)::uuid, new_task.id,
+         jsonb_build_object('event_id', gen_random_uuid(), 'type', 'task.created',
+                            'user_id', md5(:client_id::text)::uuid, 'task_id', new_task.id::text,
+                            'occurred_at', new_task.created_at::text, 'task', '{snapshot}'::jsonb),
+         new_task.created_at
+  FROM new_task, user_lock;
+"""
+
+# The same writes as a client without the one-statement trick would send them: BEGIN, the task
+# row, the lock + outbox row, COMMIT (four round trips). The reference of earlier runs.
+PGBENCH_FOUR_ROUND_TRIPS = """\
 \\set n random(1, 1000000)
 BEGIN;
 INSERT INTO tasks (id, user_id, title, priority, tags, series_id)
@@ -82,16 +114,49 @@ COMMIT;
 # -- the load client -----------------------------------------------------------------------------
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection; just enough protocol for JSON request/response."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; just enough protocol for JSON request/response.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
-        self.reader, self.writer, self.host = reader, writer, host
+    A bare asyncio protocol (no streams, no regular expressions per response), so the load
+    client takes as little as it can of the CPU it shares with the api and PostgreSQL."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer, f"{host}:{port}")
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: cls(f"{host}:{port}"), host, port)
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop > 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = int(self.buffer[9:12])
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        waiter, self.waiter = self.waiter, None
+        waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc or ConnectionError("connection closed"))
 
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -100,18 +165,14 @@ class Connection:
         if body:
             lines.append("Content-Type: application/json")
         lines.extend(f"{k}: {v}" for k, v in (headers or {}).items())
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-        length = int(match.group(1)) if match else 0
-        payload = await self.reader.readexactly(length) if length else b""
-        return status, payload
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return await self.waiter
 
     async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+        if self.transport is not None:
+            self.transport.close()
 
 
 @dataclass
@@ -120,6 +181,20 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU per process group
+
+    def cpu_line(self) -> str:
+        """CPU per operation of each process group in the measured window, and the sum."""
+        count = len(self.latencies) + self.errors
+        if not self.cpu or not count:
+            return f"{self.name}: no CPU figures"
+        parts = ", ".join(f"{name} {seconds / count * 1e6:,.0f} µs" for name, seconds in self.cpu.items())
+        return f"{self.name}: {parts}: {self.cpu_per_op:,.0f} µs"
+
+    @property
+    def cpu_per_op(self) -> float:
+        count = len(self.latencies) + self.errors
+        return sum(self.cpu.values()) / count * 1e6 if count else float("nan")
 
     @property
     def rate(self) -> float:
@@ -139,13 +214,26 @@ class Phase:
 
 
 async def run_phase(
-    name: str, targets: list[tuple[str, int]], tokens: list[str], make, duration: float, warmup: float
+    name: str,
+    targets: list[tuple[str, int]],
+    tokens: list[str],
+    make,
+    duration: float,
+    warmup: float,
+    meter: CpuMeter | None = None,
 ) -> Phase:
-    """Each token gets one connection (round-robin over the api replicas) looping for warmup + duration."""
+    """Each token gets one connection (round-robin over the api replicas) looping for warmup + duration.
+    With a ``meter``, the CPU each process group used in the measured window goes to ``phase.cpu``."""
     phase = Phase(name)
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + duration
+
+    async def metered() -> None:
+        await asyncio.sleep(measure_from - time.perf_counter())
+        before = meter.read()
+        await asyncio.sleep(stop_at - time.perf_counter())
+        phase.cpu = meter.since(before)
 
     async def worker(i: int, token: str) -> None:
         conn = await Connection.open(*targets[i % len(targets)])
@@ -168,9 +256,53 @@ async def run_phase(
         finally:
             await conn.close()
 
-    await asyncio.gather(*(worker(i, t) for i, t in enumerate(tokens)))
+    extra = [metered()] if meter is not None else []
+    await asyncio.gather(*(worker(i, t) for i, t in enumerate(tokens)), *extra)
     phase.seconds = duration
     return phase
+
+
+# -- CPU accounting -----------------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int, *, descendants: bool = False) -> float:
+    """CPU seconds (user + system) of a process; with ``descendants``, plus its live descendants
+    and the children it has reaped (PostgreSQL backends that came and went)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    total = ticks / CLOCK_TICKS
+    if descendants:
+        total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+        with contextlib.suppress(FileNotFoundError):
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                total += process_cpu(int(child), descendants=True)
+    return total
+
+
+class CpuMeter:
+    """CPU used by named process groups between two readings: the api processes, PostgreSQL
+    (postmaster and backends), the sidecar stand-in, and this process (the load client)."""
+
+    def __init__(self, groups: dict[str, list[int]], postgres_pid: int | None = None) -> None:
+        self.groups = groups
+        self.postgres_pid = postgres_pid
+
+    def read(self) -> dict[str, float]:
+        reading = {name: sum(process_cpu(pid) for pid in pids) for name, pids in self.groups.items()}
+        if self.postgres_pid is not None:
+            reading["postgres"] = process_cpu(self.postgres_pid, descendants=True)
+        times = os.times()
+        reading["load client"] = times.user + times.system
+        return reading
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        now = self.read()
+        return {name: now[name] - before[name] for name in now}
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -266,13 +398,15 @@ async def add_pgbench_users(dsn: str, count: int) -> None:
         await conn.close()
 
 
-def run_pgbench(pg, database: str, concurrency: int, duration: float, workdir: Path) -> Phase:
+def run_pgbench(
+    pg, database: str, name: str, script_text: str, concurrency: int, duration: float, workdir: Path
+) -> Phase:
     from testkit.postgres import pg_bin
 
-    asyncio.run(add_pgbench_users(pg.dsn(database), concurrency))
-    script = workdir / "create_task.sql"
-    script.write_text(PGBENCH_SCRIPT.format(snapshot=json.dumps(SNAPSHOT)))
-    logs = workdir / "pgbench-log"
+    slug = re.sub(r"\W+", "-", name)
+    script = workdir / f"{slug}.sql"
+    script.write_text(script_text.format(snapshot=json.dumps(SNAPSHOT)))
+    logs = workdir / f"{slug}-log"
     logs.mkdir()
     command = [
         pg_bin("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user,
@@ -280,8 +414,18 @@ def run_pgbench(pg, database: str, concurrency: int, duration: float, workdir: P
         "-T", str(int(duration)), "-M", "prepared", "-f", str(script),
         "-l", "--log-prefix", str(logs / "tx"), database,
     ]  # fmt: skip
+    postgres_before = process_cpu(pg.process.pid, descendants=True)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    phase = Phase("pgbench same writes")
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    phase = Phase(name)
+    phase.cpu = {
+        "postgres": process_cpu(pg.process.pid, descendants=True) - postgres_before,
+        "pgbench": children_after.ru_utime
+        + children_after.ru_stime
+        - children_before.ru_utime
+        - children_before.ru_stime,
+    }
     for log in logs.iterdir():
         for line in log.read_text().splitlines():
             parts = line.split()
@@ -351,7 +495,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument(
-        "--replicas", type=int, default=1, help="api processes (the client spreads connections)"
+        "--replicas",
+        type=int,
+        default=2,
+        help="api processes, one per pod as in production (the chart runs 2); the client spreads connections",
     )
     args = parser.parse_args()
 
@@ -381,13 +528,18 @@ def main() -> None:
 
             async def api_phases() -> tuple[Phase, ...]:
                 tokens = await sign_in(apis[0][1], args.concurrency)
-                floor = await run_phase("api floor (GET /healthz)", targets, tokens, floor_request, 3, 1)
-                me = await run_phase("api auth + 1 query (me)", targets, tokens, me_request, 3, 1)
+                meter = CpuMeter(
+                    {"api": [proc.pid for proc, _ in apis], "sidecar stand-in": [sidecar.pid]}, pg.process.pid
+                )
+                floor = await run_phase(
+                    "api floor (GET /healthz)", targets, tokens, floor_request, 3, 1, meter
+                )
+                me = await run_phase("api auth + 1 query (me)", targets, tokens, me_request, 3, 1, meter)
                 create = await run_phase(
-                    "api create (POST)", targets, tokens, create_request, args.duration, args.warmup
+                    "api create (POST)", targets, tokens, create_request, args.duration, args.warmup, meter
                 )
                 listing = await run_phase(
-                    "api list (GET, 20)", targets, tokens, list_request, args.duration, args.warmup
+                    "api list (GET, 20)", targets, tokens, list_request, args.duration, args.warmup, meter
                 )
                 return floor, me, create, listing
 
@@ -398,19 +550,36 @@ def main() -> None:
             for proc, _ in apis:
                 stop(proc)
             stop(sidecar)
-        raw = run_pgbench(pg, "bench_pgbench", args.concurrency, args.duration, workdir)
+        asyncio.run(add_pgbench_users(pg.dsn("bench_pgbench"), args.concurrency))
+        raw = run_pgbench(
+            pg, "bench_pgbench", "pgbench same statement", PGBENCH_SAME_STATEMENT,
+            args.concurrency, args.duration, workdir,
+        )  # fmt: skip
+        four = run_pgbench(
+            pg, "bench_pgbench", "pgbench BEGIN..COMMIT", PGBENCH_FOUR_ROUND_TRIPS,
+            args.concurrency, args.duration, workdir,
+        )  # fmt: skip
 
     print()
-    for phase in (floor, me, create, listing, raw):
+    for phase in (floor, me, create, listing, raw, four):
         print("  " + phase.line())
     print()
     ratio = create.rate / raw.rate if raw.rate else float("nan")
-    print(f"  api create rate / pgbench rate for the same writes: {ratio:.1%}   (target >= 30%)")
+    print(f"  api create rate / pgbench rate, same statement: {ratio:.1%}   (target >= 30%)")
+    ratio_four = create.rate / four.rate if four.rate else float("nan")
+    print(f"  api create rate / pgbench rate, BEGIN + 2 INSERTs + COMMIT: {ratio_four:.1%}")
     print(f"  api create p99 at {create.rate:.0f}/s: {create.pct(99):.1f} ms   (target < 50 ms)")
     print(f"  api list p99 at {listing.rate:.0f}/s: {listing.pct(99):.1f} ms")
     print(
         f"  outbox after the run: {total} events, {pending} not yet published (relay kept up: {pending == 0})"
     )
+    print()
+    print("  CPU per operation, all processes on the machine (robust to other load; the throughput")
+    print("  ratio tends to the CPU ratio on an otherwise idle machine, both sides being CPU-bound):")
+    for phase in (floor, me, create, listing, raw, four):
+        print(f"    {phase.cpu_line()}")
+    cpu_ratio = raw.cpu_per_op / create.cpu_per_op if create.cpu else float("nan")
+    print(f"  CPU ratio, pgbench same statement / api create: {cpu_ratio:.1%}")
     print(f"  mean latency: api create {statistics.fmean(create.latencies) * 1000:.1f} ms, "
           f"pgbench {statistics.fmean(raw.latencies) * 1000:.1f} ms")  # fmt: skip
 

@@ -228,3 +228,77 @@ async def test_a_slow_sidecar_times_out_without_a_retry():
         with pytest.raises(DaprError, match="TimeoutError"):
             await dapr.publish("pubsub", "t", {})
     assert len(raw.requests) == 1
+
+
+async def test_a_connection_closed_as_the_publish_goes_out_is_retried_on_a_fresh_one():
+    """The sidecar (like Go's http.Server at its idle timeout) closes a kept-alive connection
+    just as the next request arrives: that publish goes out once more, on a new connection."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(connections)
+        connections.append(0)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await reader.readexactly(length)
+                connections[index] += 1
+                if index == 0 and connections[index] == 2:
+                    break  # closes without answering the second request
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with DaprClient(port) as dapr:
+            await dapr.publish("pubsub", "t", {"n": 1})
+            await dapr.publish("pubsub", "t", {"n": 2})
+    finally:
+        server.close()
+    assert connections == [2, 1], "the second publish was sent again on a second connection"
+
+
+async def test_publishes_share_one_kept_alive_connection_and_carry_the_token():
+    async with RawSidecar(b"HTTP/1.1 204 No Content\r\n\r\n") as raw:
+        async with DaprClient(raw.port, api_token=SIDECAR_TOKEN) as dapr:
+            for i in range(3):
+                await dapr.publish("pubsub", "t", {"n": i})
+        async with DaprClient(raw.port) as anonymous:
+            await anonymous.publish("pubsub", "t", {"n": 3})
+    assert raw.connections == 2, "one connection per client, kept alive"
+    for request in raw.requests[:3]:
+        assert f"dapr-api-token: {SIDECAR_TOKEN}".encode() in request
+    assert b"dapr-api-token" not in raw.requests[3], "no token configured: no header"
+
+
+@pytest.mark.parametrize("answer", ["error", "timeout", "unreachable"])
+async def test_publish_errors_carry_no_secret(answer):
+    token = secrets.token_urlsafe(24)
+    if answer == "unreachable":
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        sidecar = None
+    else:
+        response = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nbroke"
+        sidecar = RawSidecar(response, delay=2 if answer == "timeout" else 0)
+        port = (await sidecar.__aenter__()).port
+    try:
+        async with DaprClient(port, api_token=token, timeout=0.5) as dapr:
+            with pytest.raises(DaprError) as caught:
+                await dapr.publish("pubsub", "t", {"a": 1}, partition_key="user-1")
+    finally:
+        if sidecar is not None:
+            await sidecar.__aexit__(None, None, None)
+    error = caught.value
+    assert error.status == (500 if answer == "error" else None)
+    for text in (str(error), repr(error), repr(error.__context__), repr(error.__cause__)):
+        assert token not in text

@@ -152,3 +152,16 @@ def test_chunked_body_over_the_limit_is_cut_off_by_a_real_server():
         assert json.loads(response.text)["status"] == 413
         ok = httpx.post(f"{server.url}/items", json={"name": "a", "size": 1})
         assert ok.status_code == 201
+
+
+@pytest.mark.unit
+def test_production_config_names_uvloop_and_httptools():
+    """Named, not "auto": a missing uvloop/httptools would otherwise silently halve throughput."""
+    config = uvicorn_config(
+        create_app(ServiceSettings(environment="test")), ServiceSettings(environment="test")
+    )
+    assert (config.loop, config.http) == ("uvloop", "httptools")
+    config.load()
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert config.http_protocol_class is HttpToolsProtocol

@@ -22,13 +22,24 @@ from todo_api.outbox import OutboxMetrics, OutboxRelay
 from todo_api.passwords import Passwords
 from todo_api.routes import auth, tags, tasks
 from todo_api.settings import ApiSettings
-from todo_api.store import Store
+from todo_api.store import DatabaseUnavailableError, Store
 
 log = logging.getLogger("todo.api")
 
+# The database is unreachable, gone or refusing connections: 503 + Retry-After. SQLAlchemy's
+# errors (transactions), and the store's for single statements run on asyncpg directly.
+DATABASE_UNAVAILABLE = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    ConnectionError,
+    DatabaseUnavailableError,
+)
+
 
 async def _database_unavailable(request: Request, exc: Exception) -> object:
-    log.error("database unavailable", extra={"error": type(exc).__name__})
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+    log.error("database unavailable", extra={"error": type(cause or exc).__name__})
     return problem_response(
         503,
         "The database is unavailable; try again shortly.",
@@ -57,6 +68,7 @@ def create_api_app(settings: ApiSettings | None = None) -> FastAPI:
             add_readiness_check(app, "dapr", dapr.readiness_check)
             if settings.outbox_relay_enabled:
                 relay = OutboxRelay(engine, dapr, settings, app.state.outbox_metrics)
+                app.state.store.on_change = relay.notify
                 relay.start()
         else:
             log.warning(
@@ -77,10 +89,11 @@ def create_api_app(settings: ApiSettings | None = None) -> FastAPI:
         title="Todo API",
         description="Accounts, tasks and tags of the Todo app. Errors are application/problem+json.",
         lifespan=lifespan,
-        routers=[auth.router, tasks.router, tags.router],
+        # Tasks first: FastAPI tries routes in order, and task requests are most of the traffic.
+        routers=[tasks.router, auth.router, tags.router],
     )
     app.state.outbox_metrics = OutboxMetrics(app.state.registry)
     app.state.relay = None
-    for exc_type in (OperationalError, InterfaceError, PoolTimeoutError, ConnectionError):
+    for exc_type in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc_type, _database_unavailable)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -21,7 +22,12 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _json_serializer(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
 def create_engine(settings: ApiSettings) -> AsyncEngine:
+    """The engine; JSON(B) values are written and read with orjson (the outbox payloads)."""
     server_settings = {"application_name": f"todo-{settings.service_name}"}
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
@@ -32,6 +38,8 @@ def create_engine(settings: ApiSettings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
         connect_args={"server_settings": server_settings},
+        json_serializer=_json_serializer,
+        json_deserializer=orjson.loads,
     )
 
 

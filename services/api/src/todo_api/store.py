@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.types import BigInteger, DateTime, Integer, String, Uuid
+from sqlalchemy.util import greenlet_spawn
 from todo_shared.problems import Problem, validation_problem
 
 from todo_api.outbox import event_payload, record_event, user_lock_key
 from todo_api.recurrence import next_due
-from todo_api.schemas import TaskCreate, TaskOut, TaskUpdate
+from todo_api.schemas import TASK_FIELDS, TaskCreate, TaskUpdate, jsonable
 from todo_api.tables import tasks, users
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -116,13 +121,59 @@ class TaskNotFoundError(Problem):
         super().__init__(404, "No such task.", title="Not Found", type_="urn:todo:problem:task-not-found")
 
 
+def task_dict(row: Any) -> dict[str, Any]:
+    """A task row (SQLAlchemy Row or asyncpg Record) as the API's task: TaskOut's fields, in its
+    order, as Python values (``schemas.dumps`` writes them as pydantic would)."""
+    mapping = row._mapping if hasattr(row, "_mapping") else row
+    return {name: mapping[name] for name in TASK_FIELDS}
+
+
 def snapshot(row: Any) -> dict[str, Any]:
-    """The task as the API shows it, JSON-ready (also the event payload)."""
-    return TaskOut.model_validate(dict(row._mapping)).model_dump(mode="json")
+    """The task as the API shows it, JSON-ready (the event payload's ``task``)."""
+    return jsonable(task_dict(row))
 
 
-def task_out(row: Any) -> TaskOut:
-    return TaskOut.model_validate(dict(row._mapping))
+@dataclass(frozen=True)
+class _Compiled:
+    """A Core statement compiled once for asyncpg: ``$n`` SQL, the parameter order, the values
+    bound inside the statement itself and the bind processors of the engine's dialect."""
+
+    sql: str
+    names: tuple[str, ...]
+    fixed: dict[str, Any]
+    processors: dict[str, Callable[[Any], Any]]
+
+    @classmethod
+    def of(cls, statement: ClauseElement, dialect: Any) -> _Compiled:
+        compiled = statement.compile(dialect=dialect)
+        names = tuple(compiled.positiontup or ())
+        processors = {name: p for name, p in compiled._bind_processors.items() if name in names}
+        return cls(compiled.string, names, compiled.params, processors)
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        values = []
+        for name in self.names:
+            value = params[name] if name in params else self.fixed[name]
+            processor = self.processors.get(name)
+            values.append(value if processor is None else processor(value))
+        return values
+
+
+class DatabaseUnavailableError(Exception):
+    """The connection to PostgreSQL was lost, or the server is shutting down or refusing us,
+    during a single statement (``Store._driver``). The app answers 503 with Retry-After."""
+
+
+_UNAVAILABLE = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+)
 
 
 @dataclass(frozen=True)
@@ -241,6 +292,10 @@ def _list_params(user_id: uuid.UUID, query: ListQuery, now: datetime) -> dict[st
     return params
 
 
+def _nothing() -> None:
+    return None
+
+
 def _check_dependencies(task: dict[str, Any]) -> None:
     errors = {}
     if task.get("due_at") is None:
@@ -253,12 +308,61 @@ def _check_dependencies(task: dict[str, Any]) -> None:
 
 
 class Store:
-    """``engine`` runs transactions; ``autocommit`` (same pool) runs single statements without
-    BEGIN/COMMIT round trips: reads, and the one-statement create."""
+    """Data access on the engine's pool.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Single statements (reads and the one-statement create) run on the pooled connection's
+    asyncpg connection itself (``_driver``): no BEGIN/COMMIT round trips (asyncpg runs each
+    statement in its own implicit transaction) and none of SQLAlchemy's per-execute work; the
+    SQL is still built with SQLAlchemy Core, compiled once per statement (``_compiled``).
+    Multi-statement changes run in SQLAlchemy transactions (``engine.begin()``).
+
+    ``on_change`` is called after every committed task change (the app points it at the
+    outbox relay's ``notify``, so events go out without waiting for a poll).
+    """
+
+    def __init__(self, engine: AsyncEngine, on_change: Callable[[], None] | None = None) -> None:
         self.engine = engine
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.on_change = on_change or _nothing
+        self._statements: dict[ClauseElement, _Compiled] = {}
+
+    def _compiled(self, statement: ClauseElement) -> _Compiled:
+        compiled = self._statements.get(statement)
+        if compiled is None:
+            compiled = self._statements[statement] = _Compiled.of(statement, self.engine.dialect)
+        return compiled
+
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection from the engine's pool, as the asyncpg connection, given back after use.
+        A connection that was lost or refused (``DatabaseUnavailableError``), or whose statement
+        was cancelled, is invalidated (closed, not reused); other errors pass through."""
+        try:
+            fairy = await self.engine.raw_connection()
+        except _UNAVAILABLE as exc:  # connecting failed (SQLAlchemy's pool timeout passes through)
+            raise DatabaseUnavailableError(type(exc).__name__) from exc
+        conn = fairy.driver_connection
+        try:
+            yield conn
+        except Exception as exc:
+            if conn.is_closed() or isinstance(exc, _UNAVAILABLE):
+                await greenlet_spawn(fairy.invalidate, exc)
+                raise DatabaseUnavailableError(type(exc).__name__) from exc
+            raise
+        except BaseException as exc:  # cancelled mid-statement: the protocol state is unknown
+            await greenlet_spawn(fairy.invalidate, exc)
+            raise
+        finally:
+            await greenlet_spawn(fairy.close)
+
+    async def _fetch(self, statement: ClauseElement, params: dict[str, Any]) -> list[asyncpg.Record]:
+        compiled = self._compiled(statement)
+        async with self._driver() as conn:
+            return await conn.fetch(compiled.sql, *compiled.args(params))
+
+    async def _fetchrow(self, statement: ClauseElement, params: dict[str, Any]) -> asyncpg.Record | None:
+        compiled = self._compiled(statement)
+        async with self._driver() as conn:
+            return await conn.fetchrow(compiled.sql, *compiled.args(params))
 
     # users -------------------------------------------------------------------
     async def create_user(self, email: str, password_hash: str) -> Any | None:
@@ -267,33 +371,32 @@ class Store:
         async with self.engine.begin() as conn:
             return (await conn.execute(_INSERT_USER, values)).one_or_none()
 
-    async def user_by_email(self, email: str) -> Any | None:
-        async with self.autocommit.connect() as conn:
-            return (await conn.execute(_USER_BY_EMAIL, {"email": email})).one_or_none()
+    async def user_by_email(self, email: str) -> asyncpg.Record | None:
+        return await self._fetchrow(_USER_BY_EMAIL, {"email": email})
 
-    async def user_by_id(self, user_id: uuid.UUID) -> Any | None:
-        async with self.autocommit.connect() as conn:
-            return (await conn.execute(_USER_BY_ID, {"user_id": user_id})).one_or_none()
+    async def user_by_id(self, user_id: uuid.UUID) -> asyncpg.Record | None:
+        return await self._fetchrow(_USER_BY_ID, {"user_id": user_id})
 
     async def update_password_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(_SET_PASSWORD_HASH, {"user_id": user_id, "hash": password_hash})
 
     # tasks -------------------------------------------------------------------
-    async def create_task(self, user_id: uuid.UUID, data: TaskCreate) -> TaskOut:
+    async def create_task(self, user_id: uuid.UUID, data: TaskCreate) -> dict[str, Any]:
+        """Insert the task and its task.created event in one statement; the task (``task_dict``)."""
         fields = data.model_dump()
         _check_dependencies(fields)
         task_id, event_id, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
-        task = TaskOut(
-            id=task_id,
-            series_id=task_id,
-            next_task_id=None,
-            completed=False,
-            completed_at=None,
-            created_at=now,
-            updated_at=now,
+        task = {
+            "id": task_id,
             **fields,
-        )
+            "completed": False,
+            "completed_at": None,
+            "created_at": now,
+            "updated_at": now,
+            "series_id": task_id,
+            "next_task_id": None,
+        }
         params = {
             **fields,
             "id": task_id,
@@ -301,31 +404,34 @@ class Store:
             "now": now,
             "lock_key": user_lock_key(user_id),
             "event_id": event_id,
-            "payload": event_payload(event_id, "task.created", user_id, task.model_dump(mode="json"), now),
+            "payload": event_payload(event_id, "task.created", user_id, jsonable(task), now),
         }
-        async with self.autocommit.connect() as conn:
-            await conn.execute(_CREATE_TASK_WITH_EVENT, params)
-        return task
+        compiled = self._compiled(_CREATE_TASK_WITH_EVENT)
+        async with self._driver() as conn:
+            await conn.execute(compiled.sql, *compiled.args(params))
+        self.on_change()
+        return {name: task[name] for name in TASK_FIELDS}
 
-    async def get_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> TaskOut:
-        async with self.autocommit.connect() as conn:
-            row = (await conn.execute(_SELECT_TASK, {"task_id": task_id, "owner_id": user_id})).one_or_none()
+    async def get_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
+        row = await self._fetchrow(_SELECT_TASK, {"task_id": task_id, "owner_id": user_id})
         if row is None:
             raise TaskNotFoundError()
-        return task_out(row)
+        return task_dict(row)
 
-    async def list_tasks(self, user_id: uuid.UUID, query: ListQuery) -> tuple[list[TaskOut], int]:
+    async def list_tasks(self, user_id: uuid.UUID, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
         page, count = _list_statements(_shape(query))
         params = _list_params(user_id, query, datetime.now(UTC))
-        async with self.autocommit.connect() as conn:
-            rows = (await conn.execute(page, params)).all()
+        page_sql = self._compiled(page)
+        async with self._driver() as conn:
+            rows = await conn.fetch(page_sql.sql, *page_sql.args(params))
             if rows:
-                total = rows[0]._total
+                total = rows[0]["_total"]
             elif query.offset:
-                total = (await conn.execute(count, params)).scalar_one()
+                count_sql = self._compiled(count)
+                total = await conn.fetchval(count_sql.sql, *count_sql.args(params))
             else:
                 total = 0
-        return [TaskOut.model_validate(row, from_attributes=True) for row in rows], total
+        return [task_dict(row) for row in rows], total
 
     async def _locked(self, conn: AsyncConnection, user_id: uuid.UUID, task_id: uuid.UUID) -> Any:
         row = (
@@ -335,7 +441,7 @@ class Store:
             raise TaskNotFoundError()
         return row
 
-    async def update_task(self, user_id: uuid.UUID, task_id: uuid.UUID, patch: TaskUpdate) -> TaskOut:
+    async def update_task(self, user_id: uuid.UUID, task_id: uuid.UUID, patch: TaskUpdate) -> dict[str, Any]:
         requested = patch.changes()
         async with self.engine.begin() as conn:
             current = await self._locked(conn, user_id, task_id)
@@ -343,7 +449,7 @@ class Store:
             _check_dependencies(merged)
             changes = {k: v for k, v in requested.items() if getattr(current, k) != v}
             if not changes:
-                return task_out(current)
+                return task_dict(current)
             stmt = (
                 update(tasks)
                 .where(tasks.c.id == task_id)
@@ -352,7 +458,8 @@ class Store:
             )
             row = (await conn.execute(stmt)).one()
             await record_event(conn, "task.updated", user_id, snapshot(row), row.updated_at)
-        return task_out(row)
+        self.on_change()
+        return task_dict(row)
 
     async def delete_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> None:
         async with self.engine.begin() as conn:
@@ -360,8 +467,9 @@ class Store:
             if row is None:
                 raise TaskNotFoundError()
             await record_event(conn, "task.deleted", user_id, snapshot(row), datetime.now(UTC))
+        self.on_change()
 
-    async def complete_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> TaskOut:
+    async def complete_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
         """Complete a task; a recurring one gets its next occurrence, exactly once.
 
         The row lock serializes concurrent completes; ``next_task_id`` remembers the
@@ -371,7 +479,7 @@ class Store:
         async with self.engine.begin() as conn:
             current = await self._locked(conn, user_id, task_id)
             if current.completed:
-                return task_out(current)
+                return task_dict(current)
             next_row = None
             next_id = current.next_task_id
             if current.recurrence != "none" and current.due_at is not None and next_id is None:
@@ -393,18 +501,19 @@ class Store:
             await record_event(conn, "task.completed", user_id, snapshot(row), row.updated_at)
             if next_row is not None:
                 await record_event(conn, "task.created", user_id, snapshot(next_row), next_row.created_at)
-        return task_out(row)
+        self.on_change()
+        return task_dict(row)
 
-    async def reopen_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> TaskOut:
+    async def reopen_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
         """Mark a completed task open again (a task.updated event); open tasks are left as they are."""
         async with self.engine.begin() as conn:
             current = await self._locked(conn, user_id, task_id)
             if not current.completed:
-                return task_out(current)
+                return task_dict(current)
             row = (await conn.execute(_REOPEN_TASK, {"task_id": task_id})).one()
             await record_event(conn, "task.updated", user_id, snapshot(row), row.updated_at)
-        return task_out(row)
+        self.on_change()
+        return task_dict(row)
 
     async def tag_counts(self, user_id: uuid.UUID) -> list[tuple[str, int]]:
-        async with self.autocommit.connect() as conn:
-            return [(r.tag, r.n) for r in (await conn.execute(_TAG_COUNTS, {"owner_id": user_id})).all()]
+        return [(r["tag"], r["n"]) for r in await self._fetch(_TAG_COUNTS, {"owner_id": user_id})]

@@ -124,7 +124,8 @@ class ServiceMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        self.metrics.in_progress.labels(method).inc()
+        in_progress = self.metrics.in_progress_of(method)
+        in_progress.inc()
         try:
             if content_length is not None and content_length > limit:
                 await self._send_problem(
@@ -143,7 +144,7 @@ class ServiceMiddleware:
             )
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.in_progress.labels(method).dec()
+            in_progress.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             self.metrics.observe(method, template, status, elapsed)

@@ -17,6 +17,8 @@ Separate registries keep several app instances in one process (tests) independen
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -71,12 +73,32 @@ class HttpMetrics:
             registry=registry,
         )
 
+        # Label children by label values: ``labels()`` costs a lock and a dict build per call,
+        # and every request would pay it three times. Bounded like the series themselves.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._in_progress: dict[str, Any] = {}
+
+    def in_progress_of(self, method: str) -> Any:
+        child = self._in_progress.get(method)
+        if child is None:
+            child = self._in_progress[method] = self.in_progress.labels(method)
+        return child
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(method, route, code).inc()
-        self.latency.labels(method, route, code).observe(seconds)
-        if status >= 500:
-            self.errors.labels(method, route, code).inc()
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            code = str(status)
+            children = self._children[key] = (
+                self.requests.labels(method, route, code),
+                self.latency.labels(method, route, code),
+                self.errors.labels(method, route, code) if status >= 500 else None,
+            )
+        requests, latency, errors = children
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
 
 
 def metrics_response(registry: CollectorRegistry) -> Response:

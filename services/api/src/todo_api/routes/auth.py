@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from todo_shared.auth import UserId, clear_session_cookie, issue_token, set_session_cookie
 from todo_shared.problems import Problem
 
-from todo_api.routes.deps import PasswordsDep, SettingsDep, StoreDep
+from todo_api.routes.deps import PasswordsDep, SettingsDep, StoreDep, json_response
 from todo_api.schemas import Credentials, TokenOut, UserOut
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -28,16 +28,16 @@ async def login(
 ) -> TokenOut:
     """Check the password; answer the token and set the session cookie."""
     user = await store.user_by_email(body.email)
-    if not await passwords.verify(user.password_hash if user else None, body.password):
+    if not await passwords.verify(user["password_hash"] if user else None, body.password):
         raise Problem(
             401,
             "Wrong email or password.",
             type_="urn:todo:problem:bad-credentials",
             headers={"WWW-Authenticate": 'Bearer realm="todo"'},
         )
-    if passwords.needs_rehash(user.password_hash):
-        await store.update_password_hash(user.id, await passwords.hash(body.password))
-    token = issue_token(settings, user.id, user.email)
+    if passwords.needs_rehash(user["password_hash"]):
+        await store.update_password_hash(user["id"], await passwords.hash(body.password))
+    token = issue_token(settings, user["id"], user["email"])
     set_session_cookie(response, token, settings)
     return TokenOut(access_token=token)
 
@@ -51,8 +51,8 @@ async def logout(settings: SettingsDep) -> Response:
 
 
 @router.get("/me", response_model=UserOut)
-async def me(user_id: UserId, store: StoreDep) -> UserOut:
+async def me(user_id: UserId, store: StoreDep) -> Response:
     row = await store.user_by_id(user_id)
     if row is None:
         raise Problem(401, "This account no longer exists.", type_="urn:todo:problem:unauthorized")
-    return UserOut.model_validate(dict(row._mapping))
+    return json_response({"id": row["id"], "email": row["email"], "created_at": row["created_at"]})

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from todo_shared.auth import UserId
 
-from todo_api.routes.deps import StoreDep
-from todo_api.schemas import TagCount, TagList
+from todo_api.routes.deps import StoreDep, json_response
+from todo_api.schemas import TagList
 
 router = APIRouter(prefix="/api/v1/tags", tags=["tags"])
 
 
 @router.get("", response_model=TagList)
-async def list_tags(user_id: UserId, store: StoreDep) -> TagList:
-    return TagList(
-        items=[TagCount(name=name, count=count) for name, count in await store.tag_counts(user_id)]
-    )
+async def list_tags(user_id: UserId, store: StoreDep) -> Response:
+    counts = await store.tag_counts(user_id)
+    return json_response({"items": [{"name": name, "count": count} for name, count in counts]})

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, StringConstraints
 from todo_shared.auth import UserId
 from todo_shared.problems import validation_problem
 
-from todo_api.routes.deps import NotifyDep, StoreDep
+from todo_api.routes.deps import StoreDep, json_response
 from todo_api.schemas import Priority, TaskCreate, TaskOut, TaskPage, TaskUpdate, storable
 from todo_api.store import ListQuery
 
@@ -39,13 +39,9 @@ def _zone(name: str | None) -> ZoneInfo:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
-async def create_task(
-    body: TaskCreate, user_id: UserId, store: StoreDep, notify: NotifyDep, response: Response
-) -> TaskOut:
+async def create_task(body: TaskCreate, user_id: UserId, store: StoreDep) -> Response:
     task = await store.create_task(user_id, body)
-    notify()
-    response.headers["Location"] = f"/api/v1/tasks/{task.id}"
-    return task
+    return json_response(task, status.HTTP_201_CREATED, {"Location": f"/api/v1/tasks/{task['id']}"})
 
 
 @router.get("", response_model=TaskPage)
@@ -69,7 +65,7 @@ async def list_tasks(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> TaskPage:
+) -> Response:
     query = ListQuery(
         status=status_,
         priority=priority,
@@ -83,41 +79,32 @@ async def list_tasks(
         offset=offset,
     )
     items, total = await store.list_tasks(user_id, query)
-    return TaskPage(items=items, total=total, limit=limit, offset=offset)
+    return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get("/{task_id}", response_model=TaskOut)
-async def get_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> TaskOut:
-    return await store.get_task(user_id, task_id)
+async def get_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
+    return json_response(await store.get_task(user_id, task_id))
 
 
 @router.patch("/{task_id}", response_model=TaskOut)
-async def update_task(
-    task_id: uuid.UUID, body: TaskUpdate, user_id: UserId, store: StoreDep, notify: NotifyDep
-) -> TaskOut:
-    task = await store.update_task(user_id, task_id, body)
-    notify()
-    return task
+async def update_task(task_id: uuid.UUID, body: TaskUpdate, user_id: UserId, store: StoreDep) -> Response:
+    return json_response(await store.update_task(user_id, task_id, body))
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep, notify: NotifyDep) -> Response:
+async def delete_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
     await store.delete_task(user_id, task_id)
-    notify()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{task_id}/complete", response_model=TaskOut)
-async def complete_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep, notify: NotifyDep) -> TaskOut:
+async def complete_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
     """Complete the task. A recurring task's next occurrence is created exactly once
     (its id is in ``next_task_id``); completing a completed task changes nothing."""
-    task = await store.complete_task(user_id, task_id)
-    notify()
-    return task
+    return json_response(await store.complete_task(user_id, task_id))
 
 
 @router.post("/{task_id}/reopen", response_model=TaskOut)
-async def reopen_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep, notify: NotifyDep) -> TaskOut:
-    task = await store.reopen_task(user_id, task_id)
-    notify()
-    return task
+async def reopen_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
+    return json_response(await store.reopen_task(user_id, task_id))
