@@ -20,7 +20,7 @@ SCENARIOS = sorted(p.parent.name for p in (COLLECTION / "extensions" / "molecule
 
 
 def test_every_scenario_is_collected():
-    assert SCENARIOS == ["app", "rollback"]
+    assert SCENARIOS == ["app", "recovery", "rollback"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
