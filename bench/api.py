@@ -409,11 +409,29 @@ def run_pgbench(
     logs = workdir / f"{slug}-log"
     logs.mkdir()
     command = [
-        pg_bin("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user,
-        "-c", str(concurrency), "-j", str(min(concurrency, os.cpu_count() or 1)),
-        "-T", str(int(duration)), "-M", "prepared", "-f", str(script),
-        "-l", "--log-prefix", str(logs / "tx"), database,
-    ]  # fmt: skip
+        pg_bin("pgbench"),
+        "-n",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(pg.port),
+        "-U",
+        pg.user,
+        "-c",
+        str(concurrency),
+        "-j",
+        str(min(concurrency, os.cpu_count() or 1)),
+        "-T",
+        str(int(duration)),
+        "-M",
+        "prepared",
+        "-f",
+        str(script),
+        "-l",
+        "--log-prefix",
+        str(logs / "tx"),
+        database,
+    ]
     postgres_before = process_cpu(pg.process.pid, descendants=True)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -552,13 +570,23 @@ def main() -> None:
             stop(sidecar)
         asyncio.run(add_pgbench_users(pg.dsn("bench_pgbench"), args.concurrency))
         raw = run_pgbench(
-            pg, "bench_pgbench", "pgbench same statement", PGBENCH_SAME_STATEMENT,
-            args.concurrency, args.duration, workdir,
-        )  # fmt: skip
+            pg,
+            "bench_pgbench",
+            "pgbench same statement",
+            PGBENCH_SAME_STATEMENT,
+            args.concurrency,
+            args.duration,
+            workdir,
+        )
         four = run_pgbench(
-            pg, "bench_pgbench", "pgbench BEGIN..COMMIT", PGBENCH_FOUR_ROUND_TRIPS,
-            args.concurrency, args.duration, workdir,
-        )  # fmt: skip
+            pg,
+            "bench_pgbench",
+            "pgbench BEGIN..COMMIT",
+            PGBENCH_FOUR_ROUND_TRIPS,
+            args.concurrency,
+            args.duration,
+            workdir,
+        )
 
     print()
     for phase in (floor, me, create, listing, raw, four):
@@ -580,8 +608,10 @@ def main() -> None:
         print(f"    {phase.cpu_line()}")
     cpu_ratio = raw.cpu_per_op / create.cpu_per_op if create.cpu else float("nan")
     print(f"  CPU ratio, pgbench same statement / api create: {cpu_ratio:.1%}")
-    print(f"  mean latency: api create {statistics.fmean(create.latencies) * 1000:.1f} ms, "
-          f"pgbench {statistics.fmean(raw.latencies) * 1000:.1f} ms")  # fmt: skip
+    print(
+        f"  mean latency: api create {statistics.fmean(create.latencies) * 1000:.1f} ms, "
+        f"pgbench {statistics.fmean(raw.latencies) * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

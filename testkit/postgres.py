@@ -73,17 +73,50 @@ class Postgres:
         self.port = self.port or free_port()
         who = self._as_postgres_user()
         subprocess.run(
-            [pg_bin("initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "--no-sync",
-             "-E", "UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, **who,
-        )  # fmt: skip
+            [
+                pg_bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+            **who,
+        )
         log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.workdir), "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "log_min_messages=warning"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **who,
-        )  # fmt: skip
+            [
+                pg_bin("postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.workdir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "log_min_messages=warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **who,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -101,10 +134,26 @@ class Postgres:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         out = subprocess.run(
-            [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", database,
-             "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                pg_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return out.stdout
 
     def create_database(self, name: str) -> str:

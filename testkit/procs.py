@@ -12,6 +12,16 @@ import time
 from pathlib import Path
 
 
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The status of a GET (redirects not followed), or None when nothing answers."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code
+    except httpx.HTTPError:
+        return None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

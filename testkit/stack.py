@@ -27,15 +27,13 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 from testkit.dapr import DaprEnv, Process, Sidecar
-from testkit.procs import free_port
+from testkit.procs import free_port, http_status
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("api", "notifier", "gateway", "web")
@@ -74,16 +72,6 @@ http {{
 """
 
 
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback http
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 @dataclass
 class Service:
     name: str
@@ -96,7 +84,7 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 60) -> None:
-        self.process.wait_until(lambda: _status(f"{self.url}/readyz") == 200, "/readyz 200", timeout)
+        self.process.wait_until(lambda: http_status(f"{self.url}/readyz") == 200, "/readyz 200", timeout)
 
     def stop(self) -> None:
         self.process.stop(grace=20)  # SIGTERM: the service drains, then exits
@@ -226,7 +214,7 @@ class Stack:
         argv = [nginx, "-p", str(self.folder), "-c", str(conf), "-e", str(logs / "nginx-error.log")]
         self.proxy = Process("nginx", argv, logs / "nginx.log")
         self.proxy.start()
-        self.proxy.wait_until(lambda: _status(f"{self.url}/healthz") == 200, "the proxy answering", 30)
+        self.proxy.wait_until(lambda: http_status(f"{self.url}/healthz") == 200, "the proxy answering", 30)
 
     def stop(self) -> None:
         if self.proxy:
@@ -253,7 +241,10 @@ def main() -> int:
     parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started = time.monotonic()
-    say = lambda message: print(f"dev: {message}", flush=True)  # noqa: E731
+
+    def say(message: str) -> None:
+        print(f"dev: {message}", flush=True)
+
     try:
         with Stack.start(say=say) as stack:
             say(f"ready in {time.monotonic() - started:.0f}s: open {stack.url}/")

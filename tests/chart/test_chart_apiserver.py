@@ -56,11 +56,22 @@ def test_kubeconform_strict_against_the_servers_own_schemas(env, kube_schemas, t
     manifest = tmp_path / f"{env}.yaml"
     manifest.write_text(render(env))
     result = subprocess.run(
-        [str(BIN / "kubeconform"), "-strict", "-summary", "-output", "text",
-         "-kubernetes-version", KUBE_VERSION.removeprefix("v"),
-         "-schema-location", f"{kube_schemas}/{LOCATION}", str(manifest)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            str(BIN / "kubeconform"),
+            "-strict",
+            "-summary",
+            "-output",
+            "text",
+            "-kubernetes-version",
+            KUBE_VERSION.removeprefix("v"),
+            "-schema-location",
+            f"{kube_schemas}/{LOCATION}",
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     count = len(documents(render(env)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Valid: {count}, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
@@ -78,10 +89,18 @@ def test_kubeconform_with_these_schemas_rejects_what_the_server_would(kube_schem
         "spec: {type: pubsub.kafka, version: v1, metadata: 'brokers=k:9092'}\n"
     )
     result = subprocess.run(
-        [str(BIN / "kubeconform"), "-strict", "-summary",
-         "-schema-location", f"{kube_schemas}/{LOCATION}", str(bad)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            str(BIN / "kubeconform"),
+            "-strict",
+            "-summary",
+            "-schema-location",
+            f"{kube_schemas}/{LOCATION}",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 1
     assert "Invalid: 2" in result.stdout
     assert "imagePullPolice" in result.stdout and "replicas" in result.stdout

@@ -13,9 +13,8 @@ import base64
 import json
 import os
 import ssl
-import urllib.error
-import urllib.request
 
+import httpx
 import pytest
 import yaml
 from chartlib import BIN, Applier, by_name, of_kind, render_in
@@ -32,8 +31,14 @@ EXPECTED = {
     "gateway": {"pubsub-fanout", "secretstore"},
     "web": set(),
 }
-PORT_FLAGS = ("--dapr-http-port", "--dapr-grpc-port", "--dapr-internal-grpc-port", "--dapr-public-port",
-              "--metrics-port", "--app-port")  # fmt: skip
+PORT_FLAGS = (
+    "--dapr-http-port",
+    "--dapr-grpc-port",
+    "--dapr-internal-grpc-port",
+    "--dapr-public-port",
+    "--metrics-port",
+    "--app-port",
+)
 
 
 def secret(name: str, data: dict[str, str]) -> dict:
@@ -122,21 +127,21 @@ def sidecar_argv(items: list[dict], service: str, folder, ports: dict[str, int],
         flag, _, _ = arg.partition("=")
         argv.append(f"{flag}={local[flag]}" if flag in local else arg)
     # Loopback only on a shared machine (in the pod these listen on the pod's addresses).
-    argv += ["--dapr-internal-grpc-listen-address=127.0.0.1", "--dapr-public-listen-address=127.0.0.1",
-             "--metrics-listen-address=127.0.0.1"]  # fmt: skip
+    argv += [
+        "--dapr-internal-grpc-listen-address=127.0.0.1",
+        "--dapr-public-listen-address=127.0.0.1",
+        "--metrics-listen-address=127.0.0.1",
+    ]
     return argv
 
 
 def get(url: str, headers: dict | None = None, context=None) -> tuple[int | None, bytes]:
     """GET on loopback or the test API server: (status, body); status None when nothing answers."""
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - http(s) URLs built here
     try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310 - as above
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-    except OSError:
+        response = httpx.get(url, headers=headers, timeout=5, verify=context or True)
+    except httpx.HTTPError:
         return None, b""
+    return response.status_code, response.content if response.is_success else b""
 
 
 @pytest.mark.parametrize("service", sorted(EXPECTED))

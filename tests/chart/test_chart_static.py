@@ -36,9 +36,17 @@ DAPR_FILES = sorted((CHART / "dapr").glob("*.yaml"))
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_helm_lint_strict(env):
     result = helm(
-        "lint", "--strict", str(CHART), "--namespace", namespace_of(env), "--kube-version", KUBE_VERSION,
-        "--values", str(values_file(env)), check=False,
-    )  # fmt: skip
+        "lint",
+        "--strict",
+        str(CHART),
+        "--namespace",
+        namespace_of(env),
+        "--kube-version",
+        KUBE_VERSION,
+        "--values",
+        str(values_file(env)),
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 
@@ -48,9 +56,19 @@ def test_each_environment_renders_the_whole_app(env):
     items = docs(env)
     kinds = {doc["kind"] for doc in items}
     assert {
-        "Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "NetworkPolicy", "Ingress", "Role", "RoleBinding", "ServiceMonitor", "PrometheusRule", "ConfigMap",
-    } <= kinds  # fmt: skip
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Ingress",
+        "Role",
+        "RoleBinding",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    } <= kinds
     assert len(of_kind(items, "Deployment")) == 4
     assert all(doc["metadata"].get("namespace", namespace_of(env)) == namespace_of(env) for doc in items)
     if env == "local":
@@ -78,9 +96,20 @@ def test_kube_score_finds_nothing(env, tmp_path):
     manifest.write_text(render(env))
     # Production keeps at least 2 replicas everywhere; staging and local may run 1.
     min_replicas = "2" if env == "production" else "1"
-    args = [str(BIN / "kube-score"), "score", "--kubernetes-version", KUBE_VERSION.rsplit(".", 1)[0],
-            "--min-replicas-hpa", min_replicas, "--min-replicas-deployment", min_replicas,
-            "--exit-one-on-warning", "--output-format", "ci", str(manifest)]  # fmt: skip
+    args = [
+        str(BIN / "kube-score"),
+        "score",
+        "--kubernetes-version",
+        KUBE_VERSION.rsplit(".", 1)[0],
+        "--min-replicas-hpa",
+        min_replicas,
+        "--min-replicas-deployment",
+        min_replicas,
+        "--exit-one-on-warning",
+        "--output-format",
+        "ci",
+        str(manifest),
+    ]
     for check in sorted(KUBE_SCORE_IGNORED):
         args += ["--ignore-test", check]
     for check in KUBE_SCORE_OPTIONAL:
@@ -217,15 +246,31 @@ def test_no_secret_in_any_values_file_or_the_chart(tmp_path):
     report = tmp_path / "report.json"
     for target in (CHART, *(values_file(env).parent for env in ENVIRONMENTS)):
         result = subprocess.run(
-            [str(BIN / "gitleaks"), "dir", str(target), "--no-banner", "--report-format", "json",
-             "--report-path", str(report), "--redact"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                str(BIN / "gitleaks"),
+                "dir",
+                str(target),
+                "--no-banner",
+                "--report-format",
+                "json",
+                "--report-path",
+                str(report),
+                "--redact",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, f"{target}: {report.read_text() if report.exists() else result.stderr}"
     for env in ENVIRONMENTS:
         values = yaml.safe_load(values_file(env).read_text())
-        assert set(values["secrets"]) <= {"jwtSigningKey", "apiDatabaseUrl", "notifierDatabaseUrl",
-                                          "daprApiToken", "appApiToken"}  # fmt: skip
+        assert set(values["secrets"]) <= {
+            "jwtSigningKey",
+            "apiDatabaseUrl",
+            "notifierDatabaseUrl",
+            "daprApiToken",
+            "appApiToken",
+        }
         for ref in values["secrets"].values():
             assert set(ref) <= {"name", "key"}, "Secrets are referred to by name and key only"
 
@@ -380,9 +425,17 @@ def test_dashboards_are_valid_json_with_a_namespace_per_environment():
             assert dashboard["uid"] == f"todo-{namespace_of(env)}"
             assert len(dashboard["uid"]) <= 40
             titles = {p["title"] for p in dashboard["panels"]}
-            assert {"Request rate", "Error rate (5xx share)", "Latency p50 / p95 / p99",
-                    "CPU used / requested / limit", "Memory working set / limit", "Container restarts (1 h)",
-                    "OOM kills", "SSE connections open", "Outbox backlog"} <= titles  # fmt: skip
+            assert {
+                "Request rate",
+                "Error rate (5xx share)",
+                "Latency p50 / p95 / p99",
+                "CPU used / requested / limit",
+                "Memory working set / limit",
+                "Container restarts (1 h)",
+                "OOM kills",
+                "SSE connections open",
+                "Outbox backlog",
+            } <= titles
 
 
 def test_chart_readme_documents_every_top_level_value():

@@ -48,8 +48,13 @@ def start_container(images) -> Iterator:
     """
     names: list[str] = []
 
-    def start(service: str, *, env: dict[str, str] | None = None, host_network: bool = False,
-              command: tuple[str, ...] = ()) -> Container:  # fmt: skip
+    def start(
+        service: str,
+        *,
+        env: dict[str, str] | None = None,
+        host_network: bool = False,
+        command: tuple[str, ...] = (),
+    ) -> Container:
         name = f"todo-test-{service}-{uuid.uuid4().hex[:8]}"
         port = free_port()
         environment = {"TODO_ENVIRONMENT": "local", **(env or {})}
@@ -59,8 +64,12 @@ def start_container(images) -> Iterator:
         else:
             network = ["--publish", f"127.0.0.1:{port}:{build_script.PORT}"]
         env_args = [arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")]
-        subprocess.run([*RUN, "--detach", "--name", name, *HARDENED, *network, *env_args, images[service],
-                        *command], check=True, capture_output=True, text=True)  # fmt: skip
+        subprocess.run(
+            [*RUN, "--detach", "--name", name, *HARDENED, *network, *env_args, images[service], *command],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         names.append(name)
         return Container(name, port)
 

@@ -7,12 +7,10 @@ import importlib
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import testkit  # noqa: F401 - puts scripts/ on sys.path
+from testkit.procs import http_status  # importing testkit also puts scripts/ on sys.path
 
 build_script = importlib.import_module("images")  # scripts/images.py
 
@@ -21,8 +19,14 @@ PODMAN = list(build_script.PODMAN)
 RUN = [*PODMAN, "run", *build_script.ULIMITS]
 # What a restricted Pod Security Standard pod gets: a read-only root filesystem (here not even
 # a writable /tmp), the image's numeric user, no capabilities, no privilege escalation.
-HARDENED = ["--read-only", "--read-only-tmpfs=false", "--user", f"{build_script.UID}:{build_script.UID}",
-            "--cap-drop=ALL", "--security-opt=no-new-privileges"]  # fmt: skip
+HARDENED = [
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--user",
+    f"{build_script.UID}:{build_script.UID}",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+]
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -38,13 +42,7 @@ class Container:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def status(self, path: str) -> int | None:
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=2) as response:  # noqa: S310 - loopback http
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except (urllib.error.URLError, OSError):
-            return None
+        return http_status(self.url(path))
 
     def running(self) -> bool:
         state = podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
@@ -99,5 +97,10 @@ def run_in_image(
 ) -> subprocess.CompletedProcess:
     """Run a one-off command in the image (hardened, no network), capturing its output."""
     override = ["--entrypoint", entrypoint] if entrypoint else []
-    return subprocess.run([*RUN, "--rm", "--network", "none", *HARDENED, *override, image, *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [*RUN, "--rm", "--network", "none", *HARDENED, *override, image, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

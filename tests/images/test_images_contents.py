@@ -54,8 +54,12 @@ def test_configuration_user_signal_port_and_labels(service, images):
     assert labels[oci + "source"]
     assert labels[oci + "base.name"]
     # with no --user at all, the image's own user is the numeric non-root one
-    whoami = subprocess.run([*RUN, "--rm", "--network", "none", "--entrypoint", "id", images[service], "-u"],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    whoami = subprocess.run(
+        [*RUN, "--rm", "--network", "none", "--entrypoint", "id", images[service], "-u"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert whoami.stdout.strip() == str(build_script.UID)
 
 
@@ -90,10 +94,26 @@ def test_every_module_loads_from_precompiled_bytecode(service, images):
 def _gitleaks(target: Path, report: Path) -> list[dict]:
     # run from the report's folder: no .gitleaksignore or config of the repository applies
     result = subprocess.run(
-        [str(GITLEAKS), "dir", str(target), "--no-banner", "--report-format", "json", "--report-path",
-         str(report), "--redact", "--exit-code", "0", "--log-level", "warn"],
-        cwd=report.parent, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            str(GITLEAKS),
+            "dir",
+            str(target),
+            "--no-banner",
+            "--report-format",
+            "json",
+            "--report-path",
+            str(report),
+            "--redact",
+            "--exit-code",
+            "0",
+            "--log-level",
+            "warn",
+        ],
+        cwd=report.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(report.read_text() or "[]")
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from testkit.procs import free_port
 ROOT = Path(__file__).resolve().parents[3]
 LOGS = ROOT / "artifacts" / "logs" / "gateway-tests"
 JWT_KEY = "gateway-tests-jwt-signing-key-0123456789abcdef"
-APP_TOKEN = "gateway-tests-app-token-5f1c2a"  # noqa: S105 - what the sidecar presents to the gateway
+APP_TOKEN = secrets.token_hex(16)  # what the sidecar presents to the gateway
 
 
 def token_for(user_id: uuid.UUID, key: str = JWT_KEY) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,9 +30,9 @@ from testkit.procs import free_port
 pytestmark = pytest.mark.integration
 
 EVENTS = "/api/v1/events"
-API_SIDECAR_TOKEN = "gateway-tests-api-sidecar-token-81c3"  # noqa: S105 - DAPR_API_TOKEN of the api's sidecar
-GATEWAY_SIDECAR_TOKEN = "gateway-tests-gw-sidecar-token-2d9e"  # noqa: S105
-PASSWORD = "correct horse battery"  # noqa: S105 - the test accounts' password
+API_SIDECAR_TOKEN = secrets.token_hex(16)  # DAPR_API_TOKEN of the api's sidecar
+GATEWAY_SIDECAR_TOKEN = secrets.token_hex(16)
+PASSWORD = secrets.token_urlsafe(16)  # the test accounts' password
 
 
 @dataclass

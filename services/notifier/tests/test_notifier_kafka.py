@@ -307,8 +307,14 @@ async def test_the_same_event_delivered_twice_has_one_effect(dapr_slice, publish
 async def test_a_malformed_event_goes_to_the_dead_letter_topic(dapr_slice, publisher):
     replica, _ = dapr_slice.in_process()
     await warm_up(publisher, [replica])
-    poison = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "test", "type": "task.created",
-              "datacontenttype": "application/json", "data": {"event_id": "not-a-uuid"}}  # fmt: skip
+    poison = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "test",
+        "type": "task.created",
+        "datacontenttype": "application/json",
+        "data": {"event_id": "not-a-uuid"},
+    }
     await publisher.client.publish(
         "pubsub", dapr_slice.topic, poison, partition_key="x", content_type=CLOUDEVENTS_JSON
     )

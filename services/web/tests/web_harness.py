@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "artifacts"
 LOGS = ARTIFACTS / "logs" / "web-tests"
 SCREENSHOTS = ARTIFACTS / "screenshots"
-PASSWORD = "correct horse battery"  # noqa: S105 - the test accounts' password
+PASSWORD = secrets.token_urlsafe(16)  # the test accounts' password
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

@@ -64,8 +64,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -80,6 +80,7 @@ from sqlalchemy.types import BigInteger, Integer, String, Uuid
 from todo_shared.dapr import CLOUDEVENTS_JSON, DaprClient, DaprError, cloud_event
 
 log = logging.getLogger("todo.outbox")
+_JITTER = secrets.SystemRandom()  # backoff jitter (the OS source: no seeding concerns)
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -295,7 +296,7 @@ class OutboxRelay:
         """Exponential backoff with jitter: a random delay in [d/2, d], d = base * 2^(failures-1), capped."""
         exponent = min(self.consecutive_failures - 1, 30)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_base_seconds * 2**exponent)
-        return random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not cryptography
+        return _JITTER.uniform(delay / 2, delay)
 
     async def _sleep(self, seconds: float, *, wakeable: bool) -> None:
         waiters = [asyncio.ensure_future(self._stopping.wait())]

@@ -23,8 +23,13 @@ def ansible_doc(module: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-doc"), *args, f"todo.cloud.{module}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def compare(spec: dict, documented: dict, where: str = "") -> list[str]:
@@ -36,8 +41,14 @@ def compare(spec: dict, documented: dict, where: str = "") -> list[str]:
         )
     for name in set(spec) & set(documented):
         arg, doc = spec[name], documented[name]
-        for attr, default in (("type", "str"), ("required", False), ("default", None), ("elements", None),
-                              ("choices", None), ("aliases", None)):  # fmt: skip
+        for attr, default in (
+            ("type", "str"),
+            ("required", False),
+            ("default", None),
+            ("elements", None),
+            ("choices", None),
+            ("aliases", None),
+        ):
             if arg.get(attr, default) != doc.get(attr, default):
                 diffs.append(f"{where}{name}.{attr}: spec {arg.get(attr)!r} != doc {doc.get(attr)!r}")
         if arg.get("options") or doc.get("suboptions"):
