@@ -65,12 +65,14 @@ kafka: system-deps ## fetch (or find cached) Apache Kafka's broker jars (KAFKA_V
 	@python$(PYTHON_VERSION) scripts/kafka_jars.py >/dev/null
 
 .PHONY: lint
-lint: $(VENV)/.synced ## ruff, yamllint, ansible-lint (production profile), hadolint
+lint: $(VENV)/.synced ## ruff, yamllint, ansible-lint (production profile), hadolint, actionlint
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check --quiet .
 	@$(VENV)/bin/yamllint --strict .
 	@$(VENV)/bin/ansible-lint --profile production --strict -q
 	@python$(PYTHON_VERSION) scripts/images.py lint
+	@python$(PYTHON_VERSION) scripts/toolchain.py actionlint >/dev/null
+	@.tools/bin/actionlint
 
 .PHONY: images
 images: system-deps ## build the four service images with podman (tags: the commit and `local`; layer cache)
@@ -85,10 +87,11 @@ controlplane: bootstrap ## start the test control plane and print its kubeconfig
 	@$(PY) -m testkit.controlplane up --nodes 2
 
 .PHONY: bench
-bench: bootstrap ## benchmarks: control-plane start, rollout_wait failure detection, api throughput, SSE gateway
+bench: bootstrap ## benchmarks: control-plane start, rollout_wait failure detection, api throughput, SSE gateway, rollback time
 	@$(PY) -m bench.rollout_wait
 	@$(PY) -m bench.api
 	@$(PY) -m bench.gateway --e2e 1000
+	@$(PY) -m bench.rollback
 
 .PHONY: clean
 clean: ## remove the clone's environment and tool links (the cache stays)

@@ -113,3 +113,14 @@ def dapr(kafka, postgres):
     env = DaprEnv.create(kafka=kafka, state_dsn=postgres.create_database("dapr_state"))
     yield env
     env.stop()
+
+
+@pytest.fixture(scope="session")
+def chart_repo(tmp_path_factory):
+    """TEST DOUBLE of the Helm chart repositories (none is reachable here): every chart pinned
+    in versions.env, each the generic stand-in chart (tests/standin_chart/) that renders its
+    values into the ConfigMap `<release>-standin-values`. chart_repo.url; see testkit/chart_repo.py."""
+    from testkit.chart_repo import ChartRepo, pinned_charts
+
+    with ChartRepo.serve(pinned_charts(), tmp_path_factory.mktemp("chart-repo")) as repo:
+        yield repo

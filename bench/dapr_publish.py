@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark: CPU per publish of ``todo_shared.dapr.DaprClient`` (the outbox relay's hot path),
-next to a plain ``httpx.AsyncClient`` POST of the same request, measured in the same run.
-Prints figures and the ratio, never pass/fail.
+"""Benchmark: CPU per published event of ``todo_shared.dapr.DaprClient`` (the outbox relay's
+hot path): one ``publish`` call per event, and ``publish_bulk`` (Dapr's bulk publish API, what
+the relay uses) with 1, 8 and 32 events per call; next to a plain ``httpx.AsyncClient`` POST
+of the single-event request, measured in the same run. Prints figures and ratios, never
+pass/fail.
 
 What runs (this machine, loopback): the stand-in for the Dapr sidecar
 (``todo_shared.testing.DaprSidecarStandIn``) in its own process, as bench/api.py runs it; this
 process publishes CloudEvents of the size the api's relay sends (a task snapshot), from
 ``--concurrency`` tasks in a closed loop. CPU is this process's user + system time (the
-sidecar's is not counted), divided by the number of publishes.
+sidecar's is not counted), divided by the number of events published.
 
 Usage: python -m bench.dapr_publish [--count 5000] [--concurrency 8]
 """
@@ -44,8 +46,8 @@ def envelope() -> dict:
     return cloud_event(event_id, "task.created", "todo-api", data, subject=SNAPSHOT["id"])
 
 
-async def measure(name: str, publish, count: int, concurrency: int) -> float:
-    """CPU µs per call of ``await publish(event)``, after a warm-up."""
+async def measure(name: str, publish, count: int, concurrency: int, per_call: int = 1) -> float:
+    """CPU µs per event of ``await publish(event)`` (``per_call`` events a call), after a warm-up."""
     event = envelope()
 
     async def worker(n: int) -> None:
@@ -53,18 +55,19 @@ async def measure(name: str, publish, count: int, concurrency: int) -> float:
             await publish(event)
 
     await asyncio.gather(*(worker(50) for _ in range(concurrency)))  # warm-up, connections open
+    calls_each = max(1, count // concurrency // per_call)
     started, wall = cpu_seconds(), time.perf_counter()
-    await asyncio.gather(*(worker(count // concurrency) for _ in range(concurrency)))
-    calls = count // concurrency * concurrency
-    per_call = (cpu_seconds() - started) / calls * 1e6
-    rate = calls / (time.perf_counter() - wall)
-    print(f"  {name:<34} {per_call:7.0f} µs CPU per publish   ({rate:,.0f}/s)")
-    return per_call
+    await asyncio.gather(*(worker(calls_each) for _ in range(concurrency)))
+    events = calls_each * concurrency * per_call
+    per_event = (cpu_seconds() - started) / events * 1e6
+    rate = events / (time.perf_counter() - wall)
+    print(f"  {name:<40} {per_event:7.0f} µs CPU per event   ({rate:,.0f} events/s)")
+    return per_event
 
 
 async def run(port: int, count: int, concurrency: int) -> None:
     import httpx
-    from todo_shared.dapr import CLOUDEVENTS_JSON, DaprClient
+    from todo_shared.dapr import CLOUDEVENTS_JSON, BulkEntry, DaprClient
 
     async with DaprClient(port) as dapr:
 
@@ -74,6 +77,20 @@ async def run(port: int, count: int, concurrency: int) -> None:
             )
 
         ours = await measure("DaprClient.publish", via_client, count, concurrency)
+        for size in (1, 8, 32):
+
+            async def via_bulk(event: dict, size: int = size) -> None:
+                entries = [
+                    BulkEntry(f"{event['id']}-{i}", event, CLOUDEVENTS_JSON, {"partitionKey": f"u{i}"})
+                    for i in range(size)
+                ]
+                failed = await dapr.publish_bulk("pubsub", "task-events", entries)
+                assert not failed, failed
+
+            bulk = await measure(
+                f"DaprClient.publish_bulk, {size} a call", via_bulk, count, concurrency, per_call=size
+            )
+            print(f"    ({bulk / ours:.2f}x the CPU of one publish per event)")
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
 
@@ -88,6 +105,7 @@ async def run(port: int, count: int, concurrency: int) -> None:
 
         reference = await measure("httpx.AsyncClient POST (reference)", via_httpx, count, concurrency)
     print(f"\n  DaprClient.publish / httpx: {ours / reference:.2f}x the CPU")
+    print("  (the sidecar stand-in's own CPU is not counted: see bench/api.py for all processes)")
 
 
 def main() -> None:

@@ -121,9 +121,26 @@ TOOLS = [
         "KUBERNETES_VERSION",
         {
             name: f"k8s.io/kubernetes/cmd/{name}"
-            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+            for name in (
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubelet",
+                "kube-proxy",
+            )
         },
         K8S_LDFLAGS,
+    ),
+    # The local single-node cluster's add-ons (testkit/node.py): cluster DNS and the metrics API.
+    Tool("coredns", "COREDNS_VERSION", {"coredns": "github.com/coredns/coredns"}),
+    Tool(
+        "metrics-server",
+        "METRICS_SERVER_VERSION",
+        {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
+        (
+            "-X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER_VERSION}",
+            "-X k8s.io/client-go/pkg/version.gitTreeState=clean",
+        ),
     ),
 ]
 

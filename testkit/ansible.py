@@ -89,3 +89,85 @@ def run_playbook(
     except ValueError:
         report = {}
     return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, report)
+
+
+def app_secret_values(spec: dict) -> dict[str, str]:
+    """Fresh random values for one entry of an inventory's `app_secrets` (never logged)."""
+    import secrets
+
+    values = {}
+    for key in spec["keys"]:
+        token = secrets.token_hex(24)
+        values[key["name"]] = (
+            f"postgresql://app:{token}@db.example.net:5432/todo" if key.get("format") == "url" else token
+        )
+    return values
+
+
+def app_secrets(env: str) -> list[dict]:
+    """The Secrets inventories/<env> says the release references."""
+    return yaml.safe_load((ROOT / "inventories" / env / "group_vars" / "all" / "app.yml").read_text())[
+        "app_secrets"
+    ]
+
+
+def put_app_secrets(core_api, namespace: str, env: str) -> None:
+    """Create `namespace` with every Secret the `env` inventory lists, with random values."""
+    core_api.create_namespace({"metadata": {"name": namespace}})
+    for spec in app_secrets(env):
+        core_api.create_namespaced_secret(
+            namespace, {"metadata": {"name": spec["name"]}, "stringData": app_secret_values(spec)}
+        )
+
+
+class Site:
+    """`ansible-playbook <playbook> -i inventories/<env>` as operators and CI run it, pointed at a
+    test cluster: only the connection, the smoke-check mode (kwok pods cannot answer HTTP) and
+    the timeouts are overridden."""
+
+    def __init__(self, kubeconfig: Path, context: str, workdir: Path, smoke_check: str = "endpoints"):
+        self.overrides = workdir / "site-overrides.yml"
+        self.overrides.write_text(
+            yaml.safe_dump(
+                {
+                    "todo_kubeconfig": str(kubeconfig),
+                    "todo_kube_context": context,
+                    "app_smoke_check": smoke_check,
+                    "app_readiness_window": 20,
+                    "app_rollout_timeout": 180,
+                    "app_lock_wait_timeout": 120,
+                }
+            )
+        )
+
+    def run(self, env: str, *args: str, playbook: str = "site.yml", expect_rc: int | None = 0) -> str:
+        argv = [
+            str(BIN / "ansible-playbook"),
+            playbook,
+            "-i",
+            f"inventories/{env}",
+            "-e",
+            f"@{self.overrides}",
+        ]
+        if playbook == "site.yml":
+            argv += ["--tags", "app"]
+        proc = subprocess.run(
+            [*argv, *args],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_FORCE_COLOR": "0",
+                "TODO_DEPLOY_HOLDER": "harness",
+            },
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        output = proc.stdout + proc.stderr
+        if expect_rc is not None and proc.returncode != expect_rc:
+            raise AssertionError(
+                f"{playbook} -i inventories/{env} exited {proc.returncode}:\n{output[-6000:]}"
+            )
+        return output

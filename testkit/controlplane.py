@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +47,12 @@ FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STATE_FILE = "state.json"
 
 
-def make_pki(folder: Path) -> None:
-    """A CA, the API server's serving certificate and the service-account key pair."""
-    server_pki("todo-test-ca", "kube-apiserver", ("127.0.0.1", "localhost", "kubernetes.default.svc")).write(
-        folder, ca="ca.crt", cert="apiserver.crt", key="apiserver.key"
+def make_pki(folder: Path, hosts: tuple[str, ...] = ()) -> None:
+    """A CA (ca.key signs a real node's certificates), the API server's serving certificate
+    (for 127.0.0.1 and `hosts`) and the service-account key pair."""
+    names = ("127.0.0.1", "localhost", "kubernetes.default.svc", *hosts)
+    server_pki("todo-test-ca", "kube-apiserver", names).write(
+        folder, ca="ca.crt", cert="apiserver.crt", key="apiserver.key", ca_key="ca.key"
     )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (folder / "sa.key").write_bytes(
@@ -94,6 +97,13 @@ class ControlPlane:
     timings: dict[str, float] = field(default_factory=dict)
     crd_dir: Path | None = None
     detached: bool = False  # started by the CLI: lives on after this process, never reaped
+    # A real node (testkit/node.py) instead of kwok's: no fake nodes, more names in the API
+    # server's certificate, flags appended per component (the last of a flag wins), and a
+    # hook that runs once the PKI exists, before etcd starts.
+    kwok: bool = True
+    apiserver_hosts: tuple[str, ...] = ()
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    before_start: Callable[[ControlPlane], None] | None = None
     _owned_dir: bool = False
 
     @classmethod
@@ -170,7 +180,7 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         t0 = time.monotonic()
-        toolchain_tools = ["etcd", "kubernetes", "kwok"]
+        toolchain_tools = ["etcd", "kubernetes", *(["kwok"] if self.kwok else [])]
         with open(os.devnull, "w") as quiet:
             subprocess.run(
                 [sys.executable, str(ROOT / "scripts" / "toolchain.py"), *toolchain_tools],
@@ -189,12 +199,14 @@ class ControlPlane:
         bin_dir = toolchain.LINK_DIR
         for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"):
             self.ports[name] = free_port()
-        make_pki(self.workdir)
+        make_pki(self.workdir, self.apiserver_hosts)
         token = base64.b32encode(os.urandom(20)).decode().lower()
         (self.workdir / "tokens.csv").write_text(f'{token},todo-admin,uid-admin,"system:masters"\n')
         ca_pem = (self.workdir / "ca.crt").read_bytes()
         self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(self.server, ca_pem, token)))
         self.kubeconfig_path.chmod(0o600)
+        if self.before_start:
+            self.before_start(self)
 
         etcd_url = f"http://127.0.0.1:{self.ports['etcd']}"
         peer_url = f"http://127.0.0.1:{self.ports['etcd-peer']}"
@@ -241,6 +253,7 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--endpoint-reconciler-type=none",
                 "--v=0",
+                *self.extra_args.get("apiserver", []),
             ],
         )
         ctx = ssl.create_default_context(cafile=str(w / "ca.crt"))
@@ -269,29 +282,32 @@ class ControlPlane:
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle",
                 "--horizontal-pod-autoscaler-sync-period=5s",
                 "--node-monitor-grace-period=40s",
+                *self.extra_args.get("controller-manager", []),
             ],
         )
         self._spawn(
             "scheduler",
             [str(bin_dir / "kube-scheduler"), *common, f"--secure-port={self.ports['scheduler']}"],
         )
-        self._spawn(
-            "kwok",
-            [
-                str(bin_dir / "kwok"),
-                f"--kubeconfig={kc}",
-                f"--config={STAGES_FILE}",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-                "--node-ip=10.240.0.1",
-                "--cidr=10.244.0.0/16",
-                "--node-lease-duration-seconds=40",
-                f"--server-address=127.0.0.1:{self.ports['kwok']}",
-            ],
-        )
+        if self.kwok:
+            self._spawn(
+                "kwok",
+                [
+                    str(bin_dir / "kwok"),
+                    f"--kubeconfig={kc}",
+                    f"--config={STAGES_FILE}",
+                    "--manage-all-nodes=false",
+                    f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+                    "--node-ip=10.240.0.1",
+                    "--cidr=10.244.0.0/16",
+                    "--node-lease-duration-seconds=40",
+                    f"--server-address=127.0.0.1:{self.ports['kwok']}",
+                ],
+            )
         self.apply_crds()
         self.timings["crds"] = time.monotonic() - t0
-        self.add_nodes(self.nodes)
+        if self.kwok:
+            self.add_nodes(self.nodes)
         self._wait_ready()
         self.timings["ready"] = time.monotonic() - t0
         return self
@@ -390,7 +406,7 @@ class ControlPlane:
                 if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
             ]
             sas = core.list_namespaced_service_account("default").items
-            if nodes and len(ready) == len(nodes) and sas:
+            if (nodes or not self.kwok) and len(ready) == len(nodes) and sas:
                 return
             time.sleep(0.2)
         raise TimeoutError("nodes or default ServiceAccount not ready:\n" + self.tail("kwok"))

@@ -72,3 +72,37 @@ def assert_problem(response: httpx.Response, status: int) -> dict:
     assert body["status"] == status
     assert body["title"]
     return body
+
+
+# The relay deletes events once published: tests that check every event went out keep a copy
+# of each outbox row as it is written (a trigger on the real table) to compare against.
+OUTBOX_HISTORY = [
+    "CREATE TABLE outbox_history (seq bigint PRIMARY KEY, id uuid NOT NULL, type text NOT NULL,"
+    " user_id uuid NOT NULL)",
+    """
+    CREATE FUNCTION keep_outbox_history() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO outbox_history VALUES (NEW.seq, NEW.id, NEW.type, NEW.user_id);
+        RETURN NEW;
+    END $$
+    """,
+    "CREATE TRIGGER keep_outbox_history AFTER INSERT ON outbox_events"
+    " FOR EACH ROW EXECUTE FUNCTION keep_outbox_history()",
+]
+
+
+async def keep_outbox_history(engine) -> None:
+    """From now on, every event written to the outbox is also kept in ``outbox_history``."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        for statement in OUTBOX_HISTORY:
+            await conn.execute(text(statement))
+
+
+async def outbox_history(engine) -> list:
+    """Every event written since ``keep_outbox_history``, in ``seq`` order (published or not)."""
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT * FROM outbox_history ORDER BY seq"))).all()

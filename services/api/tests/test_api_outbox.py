@@ -1,7 +1,9 @@
 """The transactional outbox and its relay on a real PostgreSQL, publishing through a
-stand-in for the Dapr sidecar (a real HTTP server on loopback; daprd is not on this machine
-yet) — rung L1. Atomicity, nothing lost while the sidecar fails, per-user order, exactly one
-publication per event with two replicas."""
+stand-in for the Dapr sidecar (a real HTTP server on loopback speaking Dapr's publish and
+bulk publish API; test_api_outbox_dapr.py runs the relay against the real daprd and Kafka)
+— rung L1. Atomicity, nothing lost while the sidecar fails (wholly or for some entries of a
+bulk call), per-user order, exactly one publication per event with two replicas, published
+events deleted."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from api_testlib import assert_problem, register, running
+from api_testlib import assert_problem, keep_outbox_history, outbox_history, register, running
 from sqlalchemy import func, select, text
 from sqlalchemy import table as sql_table
 from todo_api import store as store_module
@@ -187,12 +189,16 @@ async def test_one_users_event_writes_are_serialized_until_commit(app, alice):
 async def test_events_are_published_as_cloud_events_keyed_by_user(api_db, settings_for, sidecar):
     app = create_api_app(settings_for(api_db, dapr_http_port=sidecar.port))
     async with running(app) as client:
+        await keep_outbox_history(app.state.engine)
         alice = await register(client, "alice@example.com")
         task = (await client.post(TASKS, json={"title": "hello"}, headers=alice.headers)).json()
         [message] = await sidecar.wait_for_async(1)
-        events = await wait_until(lambda: _all_published(app))
+        await wait_until(lambda: _drained(app))
+        events = await outbox_history(app.state.engine)
         assert (await client.get("/readyz")).json()["checks"] == {"database": "ok", "dapr": "ok"}
+        await app.state.relay.refresh_metrics()
         metrics = (await client.get("/metrics")).text
+    assert sidecar.bulk_sizes == [1], "published with Dapr's bulk publish API"
     assert (message.pubsub, message.topic) == ("pubsub", "task-events")
     assert message.partition_key == alice.id
     assert message.content_type == CLOUDEVENTS_JSON
@@ -208,9 +214,9 @@ async def test_events_are_published_as_cloud_events_keyed_by_user(api_db, settin
     assert "outbox_backlog_events 0.0" in metrics
 
 
-async def _all_published(app):
-    events = await outbox(app)
-    return events if events and all(e.published_at is not None for e in events) else None
+async def _drained(app) -> bool:
+    """Every event published: the relay deletes each one once Dapr has accepted it."""
+    return await count(app, "outbox_events") == 0
 
 
 async def make_events(client, users, per_user: int) -> None:
@@ -267,8 +273,47 @@ async def test_nothing_is_lost_while_the_sidecar_fails_and_order_holds_after_rec
 
         sidecar.recover()
         published = await sidecar.wait_for_async(len(events), timeout=20)
-        await wait_until(lambda: _all_published(app))
+        await wait_until(lambda: _drained(app))
+        await app.state.relay.refresh_metrics()
+        metrics = (await client.get("/metrics")).text
     assert_each_published_once_in_user_order(published, events)
+    assert "outbox_backlog_events 0.0" in metrics
+    assert "outbox_oldest_pending_age_seconds 0.0" in metrics
+    assert max(sidecar.bulk_sizes) > 1, "several users' events in one bulk call"
+
+
+async def test_a_partial_bulk_failure_holds_back_only_that_users_later_events(api_db, settings_for, sidecar):
+    """Dapr answers a bulk call listing some entries as failed: those events stay pending
+    and are retried with backoff, the other entries count as published, and none of the
+    failing user's later events goes out before its failed one (nothing overtakes it)."""
+    writer = create_api_app(settings_for(api_db, outbox_relay_enabled=False))
+    async with running(writer) as client:
+        users = [await register(client, f"u{i}@example.com") for i in range(3)]
+        await make_events(client, users, per_user=4)  # a backlog: several events per user
+        events = await outbox(writer)
+    failing = users[0].id
+    stuck = [e for e in events if str(e.user_id) == failing]
+    others = [e for e in events if str(e.user_id) != failing]
+    sidecar.fail_partition_keys(failing)
+    app = create_api_app(settings_for(api_db, dapr_http_port=sidecar.port))
+    async with running(app) as client:
+        await sidecar.wait_for_async(len(others), timeout=20)
+        pending = await wait_until(lambda: _head_retried(app, times=2))
+        assert {m.partition_key for m in sidecar.published} == {users[1].id, users[2].id}
+        assert [e.id for e in pending] == [e.id for e in stuck], "only the failing user's events wait"
+        assert "stand-in told to fail" in pending[0].last_error
+        assert all(e.attempts == 0 for e in pending[1:]), "its later events were never sent"
+        assert app.state.relay.consecutive_failures > 0, "the relay backs off"
+
+        sidecar.recover()
+        published = await sidecar.wait_for_async(len(events), timeout=20)
+        await wait_until(lambda: _drained(app))
+    assert_each_published_once_in_user_order(published, events)
+
+
+async def _head_retried(app, times: int) -> list | None:
+    pending = await outbox(app)
+    return pending if pending and pending[0].attempts >= times else None
 
 
 async def _attempted(sidecar, n: int) -> bool:
@@ -284,16 +329,16 @@ async def test_two_replicas_publish_each_event_exactly_once_in_user_order(api_db
     )
     first, second = create_api_app(settings), create_api_app(settings)
     async with running(first) as one, running(second) as two:
+        await keep_outbox_history(first.state.engine)
         users = [await register(one, f"u{i}@example.com") for i in range(6)]
         await asyncio.gather(make_events(one, users[:3], per_user=8), make_events(two, users[3:], per_user=8))
         await wait_until(lambda: _attempted(sidecar, 4))
-        events = await outbox(first)
         sidecar.recover()
         # keep writing while both relays drain the backlog
         await asyncio.gather(make_events(one, users[3:], per_user=2), make_events(two, users[:3], per_user=2))
-        events = await outbox(first)
+        events = await outbox_history(first.state.engine)
         published = await sidecar.wait_for_async(len(events), timeout=30)
-        await wait_until(lambda: _all_published(first))
+        await wait_until(lambda: _drained(first))
         await asyncio.sleep(0.3)  # any duplicate would arrive now
         published = sidecar.published
         first_count = first.state.outbox_metrics.published
@@ -309,25 +354,26 @@ async def test_two_replicas_publish_each_event_exactly_once_in_user_order(api_db
 
 
 async def test_a_user_claimed_by_one_relay_is_skipped_by_another(app, client, alice, bob):
-    """The claim query locks each user's OLDEST pending event; another replica skips that user
-    entirely (it cannot take the user's later events either)."""
+    """The claim statement locks each user's OLDEST pending event (and that user's next ones);
+    another replica skips that user entirely (it cannot take the user's later events either)."""
     for user in (alice, bob):
         for i in range(3):
             await client.post(TASKS, json={"title": f"t{i}"}, headers=user.headers)
     from todo_api.outbox import OUTBOX_TABLE
     from todo_shared.outbox import OutboxStatements
 
-    claim_users = OutboxStatements(OUTBOX_TABLE).claim_users
+    claim = OutboxStatements(OUTBOX_TABLE).claim
     engine = app.state.engine
     async with engine.connect() as replica_a, engine.connect() as replica_b:
         await replica_a.begin()
-        claimed_a = (await replica_a.execute(claim_users, {"users": 1})).all()
+        claimed_a = (await replica_a.execute(claim, {"users": 1, "per_user": 10})).all()
         await replica_b.begin()
-        claimed_b = (await replica_b.execute(claim_users, {"users": 10})).all()
+        claimed_b = (await replica_b.execute(claim, {"users": 10, "per_user": 10})).all()
         await replica_a.rollback()
         await replica_b.rollback()
-    assert [str(r.user_id) for r in claimed_a] == [alice.id]
-    assert [str(r.user_id) for r in claimed_b] == [bob.id]
+    assert [str(r.user_id) for r in claimed_a] == [alice.id] * 3
+    assert [str(r.user_id) for r in claimed_b] == [bob.id] * 3
+    assert [r.seq for r in claimed_a] == sorted(r.seq for r in claimed_a)
 
 
 async def test_the_relay_stops_promptly_even_while_backing_off(api_db, settings_for, sidecar):
@@ -364,17 +410,24 @@ async def outbox_rows_after_stop(dsn: str) -> list:
         await engine.dispose()
 
 
-async def test_published_events_are_deleted_after_the_retention(api_db, settings_for, sidecar):
-    app = create_api_app(settings_for(api_db, dapr_http_port=sidecar.port, outbox_retention_hours=0.0001))
-    async with running(app) as client:
-        alice = await register(client, "alice@example.com")
-        await client.post(TASKS, json={"title": "t"}, headers=alice.headers)
-        await sidecar.wait_for_async(1)
-        await asyncio.sleep(0.5)  # older than the retention (0.36 s)
-        app.state.relay._last_cleanup = 0  # due now
-        app.state.relay.notify()
-        await wait_until(lambda: _empty(app))
+async def test_published_events_are_deleted_and_rows_an_older_relay_marked_are_left_alone(
+    app, client, alice, settings_for, api_db, sidecar
+):
+    """A published event is deleted at once (no update, no later clean-up). A row that a relay
+    of the previous release marked published (``published_at`` set) during a rolling upgrade
+    is not pending: never published again, not in the backlog gauge."""
+    await client.post(TASKS, json={"title": "old"}, headers=alice.headers)
+    async with app.state.engine.begin() as conn:
+        await conn.execute(text("UPDATE outbox_events SET published_at = now()"))
+    relaying = create_api_app(settings_for(api_db, dapr_http_port=sidecar.port))
+    async with running(relaying) as other:
+        await other.post(TASKS, json={"title": "new"}, headers=alice.headers)
+        [message] = await sidecar.wait_for_async(1)
+        await wait_until(lambda: _only_the_marked_row_left(relaying))
+        assert await relaying.state.relay.refresh_metrics() == (0, 0.0)
+    assert message.data["data"]["task"]["title"] == "new"
 
 
-async def _empty(app) -> bool:
-    return await count(app, "outbox_events") == 0
+async def _only_the_marked_row_left(app) -> bool:
+    rows = await outbox(app)
+    return len(rows) == 1 and rows[0].published_at is not None

@@ -1,5 +1,6 @@
 """The outbox relay through a REAL daprd to a real Kafka broker (SASL_SSL, SCRAM-SHA-256),
-with the project's pub/sub component: what arrives on the topic, keyed by user, in order,
+with the project's pub/sub component, through Dapr's bulk publish API: what arrives on the
+topic, keyed by user (the per-entry partition key), in order,
 and that nothing is lost while the sidecar or the broker is away. Rung L2 for Dapr (real
 sidecar and broker as processes)."""
 
@@ -13,7 +14,7 @@ import uuid
 from collections import defaultdict
 
 import pytest
-from api_testlib import make_settings, register, running
+from api_testlib import keep_outbox_history, make_settings, outbox_history, register, running
 from confluent_kafka import Consumer
 from todo_api.app import create_api_app
 
@@ -70,13 +71,11 @@ def by_user(records: list[dict], *, redelivered: bool = False) -> dict[str, list
 
 
 async def outbox_ids(app) -> dict[str, list[str]]:
-    from sqlalchemy import text
-
-    async with app.state.engine.connect() as conn:
-        rows = (await conn.execute(text("SELECT user_id, id FROM outbox_events ORDER BY seq"))).all()
+    """Each user's event ids in commit order: every event written (the relay deletes the
+    published ones, so they come from the history ``keep_outbox_history`` keeps)."""
     expected: dict[str, list[str]] = defaultdict(list)
-    for user_id, event_id in rows:
-        expected[str(user_id)].append(str(event_id))
+    for row in await outbox_history(app.state.engine):
+        expected[str(row.user_id)].append(str(row.id))
     return expected
 
 
@@ -102,6 +101,7 @@ async def test_events_reach_kafka_keyed_by_user_in_order_as_cloudevents(api_db, 
     with dapr.sidecar("api", None, api_token=token) as sidecar:
         app = app_for(api_db, sidecar, topic, token)
         async with running(app) as client:
+            await keep_outbox_history(app.state.engine)
             users = [await register(client) for _ in range(3)]
             await write_tasks(client, users, rounds=4)
             expected = await outbox_ids(app)
@@ -124,6 +124,7 @@ async def test_nothing_is_lost_while_the_sidecar_is_down(api_db, dapr, kafka, to
     with dapr.sidecar("api", None, api_token=token) as sidecar:
         app = app_for(api_db, sidecar, topic, token)
         async with running(app) as client:
+            await keep_outbox_history(app.state.engine)
             users = [await register(client) for _ in range(2)]
             sidecar.stop()
             await write_tasks(client, users, rounds=3)  # the api keeps accepting writes
@@ -140,6 +141,7 @@ async def test_a_30_second_broker_outage_loses_nothing_and_keeps_per_user_order(
     with dapr.sidecar("api", None, api_token=token) as sidecar:
         app = app_for(api_db, sidecar, topic, token)
         async with running(app) as client:
+            await keep_outbox_history(app.state.engine)
             users = [await register(client) for _ in range(3)]
             await write_tasks(client, users, rounds=1)
             kafka.stop_broker()

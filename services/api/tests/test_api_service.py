@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def test_the_service_refuses_a_weak_jwt_key_outside_local():
 @pytest.mark.unit
 def test_api_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("TODO_ENVIRONMENT", "staging")
-    monkeypatch.setenv("TODO_JWT_SIGNING_KEY", "Vx9pL2mQ7rT4wY8zB3nC6dF1gH5jK0sA")
+    monkeypatch.setenv("TODO_JWT_SIGNING_KEY", secrets.token_urlsafe(32))
     monkeypatch.setenv("TODO_DATABASE_URL", "postgresql://app:pw@db:5432/todo?sslmode=require")
     monkeypatch.setenv("TODO_PUBSUB_NAME", "kafka-pubsub")
     monkeypatch.setenv("TODO_MIGRATE_ON_START", "true")

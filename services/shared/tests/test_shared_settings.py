@@ -16,7 +16,7 @@ from todo_shared.settings import (
 
 pytestmark = pytest.mark.unit
 
-STRONG_KEY = "k3Zr8pQw1vXy7uT2sL9mN4bC6dF0gH5jA"
+STRONG_KEY = secrets.token_urlsafe(32)  # fresh per run: no key-like literal in git
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,8 @@ become visible in ``seq`` order (no later event commits while an earlier one is 
 flight), and the relay never has to guess about gaps.
 
 Relaying: the shared relay (``todo_shared.outbox``, whose docstring describes claiming by
-user with ``SKIP LOCKED``, per-user order, backoff, retention and metrics). ``OutboxRelay``
+user with ``SKIP LOCKED``, bulk publishing in per-user order, deleting published events,
+backoff and metrics). ``OutboxRelay``
 here binds it to the api's table (``outbox_events``), ``pubsub_name``/``task_events_topic``
 and the ``outbox_*`` settings. Events go out as CloudEvents whose id is the event id,
 partition key = user id.

@@ -34,7 +34,6 @@ class ApiSettings(ServiceSettings):
     outbox_coalesce_seconds: float = Field(default=0.01, ge=0)
     outbox_backoff_base_seconds: float = Field(default=0.5, gt=0)
     outbox_backoff_max_seconds: float = Field(default=30.0, gt=0)
-    outbox_retention_hours: float = Field(default=24.0, ge=0)
     outbox_metrics_interval_seconds: float = Field(default=2.0, gt=0)
     outbox_stop_timeout_seconds: float = Field(default=10.0, gt=0)
 

@@ -34,8 +34,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.types import BigInteger, DateTime, Integer, String, Uuid
-from sqlalchemy.util import greenlet_spawn
 from todo_shared.problems import Problem, validation_problem
+from todo_shared.sql import CONNECTION_ERRORS, CompiledStatement, StatementCache, driver_connection
 
 from todo_api.outbox import event_payload, record_event, user_lock_key
 from todo_api.recurrence import next_due
@@ -133,47 +133,12 @@ def snapshot(row: Any) -> dict[str, Any]:
     return jsonable(task_dict(row))
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    """A Core statement compiled once for asyncpg: ``$n`` SQL, the parameter order, the values
-    bound inside the statement itself and the bind processors of the engine's dialect."""
-
-    sql: str
-    names: tuple[str, ...]
-    fixed: dict[str, Any]
-    processors: dict[str, Callable[[Any], Any]]
-
-    @classmethod
-    def of(cls, statement: ClauseElement, dialect: Any) -> _Compiled:
-        compiled = statement.compile(dialect=dialect)
-        names = tuple(compiled.positiontup or ())
-        processors = {name: p for name, p in compiled._bind_processors.items() if name in names}
-        return cls(compiled.string, names, compiled.params, processors)
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        values = []
-        for name in self.names:
-            value = params[name] if name in params else self.fixed[name]
-            processor = self.processors.get(name)
-            values.append(value if processor is None else processor(value))
-        return values
-
-
 class DatabaseUnavailableError(Exception):
     """The connection to PostgreSQL was lost, or the server is shutting down or refusing us,
     during a single statement (``Store._driver``). The app answers 503 with Retry-After."""
 
 
-_UNAVAILABLE = (
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    OSError,
-)
+_UNAVAILABLE = CONNECTION_ERRORS
 
 
 @dataclass(frozen=True)
@@ -323,36 +288,20 @@ class Store:
     def __init__(self, engine: AsyncEngine, on_change: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.on_change = on_change or _nothing
-        self._statements: dict[ClauseElement, _Compiled] = {}
+        self._statements = StatementCache(engine.dialect)
 
-    def _compiled(self, statement: ClauseElement) -> _Compiled:
-        compiled = self._statements.get(statement)
-        if compiled is None:
-            compiled = self._statements[statement] = _Compiled.of(statement, self.engine.dialect)
-        return compiled
+    def _compiled(self, statement: ClauseElement) -> CompiledStatement:
+        return self._statements[statement]
 
     @asynccontextmanager
     async def _driver(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection from the engine's pool, as the asyncpg connection, given back after use.
-        A connection that was lost or refused (``DatabaseUnavailableError``), or whose statement
-        was cancelled, is invalidated (closed, not reused); other errors pass through."""
+        """A connection from the engine's pool, as the asyncpg connection (``driver_connection``);
+        a connection lost or refused becomes ``DatabaseUnavailableError``."""
         try:
-            fairy = await self.engine.raw_connection()
-        except _UNAVAILABLE as exc:  # connecting failed (SQLAlchemy's pool timeout passes through)
+            async with driver_connection(self.engine) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
             raise DatabaseUnavailableError(type(exc).__name__) from exc
-        conn = fairy.driver_connection
-        try:
-            yield conn
-        except Exception as exc:
-            if conn.is_closed() or isinstance(exc, _UNAVAILABLE):
-                await greenlet_spawn(fairy.invalidate, exc)
-                raise DatabaseUnavailableError(type(exc).__name__) from exc
-            raise
-        except BaseException as exc:  # cancelled mid-statement: the protocol state is unknown
-            await greenlet_spawn(fairy.invalidate, exc)
-            raise
-        finally:
-            await greenlet_spawn(fairy.close)
 
     async def _fetch(self, statement: ClauseElement, params: dict[str, Any]) -> list[asyncpg.Record]:
         compiled = self._compiled(statement)

@@ -13,6 +13,12 @@ Public API:
     ``metadata.*`` query parameters, content type, parsed body, request headers) and answers
     204; or the status set by ``fail_publishes(status)`` (until ``recover()``), with a
     Dapr-style error body. Checks ``dapr-api-token`` when ``api_token`` is set (401).
+  * ``POST /v1.0-alpha1/publish/bulk/{pubsub}/{topic}`` (bulk publish): records one
+    ``PublishedMessage`` per entry (its ``metadata``, ``contentType`` and ``event``) and
+    answers 204; after ``fail_publishes(status)`` every entry fails (500: Dapr's answer
+    listing each entry in ``failedEntries``; another status: an error without entries);
+    after ``fail_partition_keys(*keys)`` only the entries with one of those partition keys
+    fail (a partial failure, 500 listing them) and the others are recorded.
   * ``GET /v1.0/healthz`` and ``/v1.0/healthz/outbound``: 204, or 500 after
     ``set_healthy(False)``.
   * ``/v1.0/invoke/{app_id}/method/{path}``: proxies to ``register_app(app_id, base_url)``
@@ -20,7 +26,8 @@ Public API:
 
   ``published`` (a copy, thread-safe), ``clear()``, ``wait_for(count, timeout)`` and its
   async twin ``await wait_for_async(count, timeout)``; ``port`` to put in
-  ``DAPR_HTTP_PORT``; ``publish_attempts`` counts every publish request, failed or not.
+  ``DAPR_HTTP_PORT``; ``publish_attempts`` counts every publish request (single or bulk),
+  failed or not; ``bulk_sizes`` lists the number of entries of each bulk request.
 """
 
 from __future__ import annotations
@@ -127,6 +134,8 @@ class DaprSidecarStandIn:
         self._lock = threading.Lock()
         self._published: list[PublishedMessage] = []
         self._publish_failure: int | None = None
+        self._failing_keys: frozenset[str] = frozenset()
+        self.bulk_sizes: list[int] = []
         self._healthy = True
         self._apps: dict[str, str] = {}
         self.publish_attempts = 0
@@ -159,9 +168,14 @@ class DaprSidecarStandIn:
         with self._lock:
             self._publish_failure = status
 
+    def fail_partition_keys(self, *keys: str) -> None:
+        with self._lock:
+            self._failing_keys = frozenset(keys)
+
     def recover(self) -> None:
         with self._lock:
             self._publish_failure = None
+            self._failing_keys = frozenset()
 
     def set_healthy(self, healthy: bool) -> None:
         self._healthy = healthy
@@ -232,6 +246,41 @@ class DaprSidecarStandIn:
                 self._published.append(message)
             return Response(status_code=204)
 
+        async def publish_bulk(request: Request) -> Response:
+            with self._lock:
+                self.publish_attempts += 1
+                failure, failing_keys = self._publish_failure, self._failing_keys
+            if not self._authorized(request):
+                return JSONResponse({"errorCode": "ERR_UNAUTHORIZED", "message": "bad token"}, 401)
+            if self.publish_delay:
+                await asyncio.sleep(self.publish_delay)
+            entries = json.loads(await request.body())
+            with self._lock:
+                self.bulk_sizes.append(len(entries))
+            if failure is not None and failure != 500:
+                return JSONResponse(
+                    {"errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE", "message": "stand-in told to fail"}, failure
+                )
+            failed = []
+            for entry in entries:
+                metadata = entry.get("metadata") or {}
+                if failure is not None or metadata.get("partitionKey") in failing_keys:
+                    failed.append({"entryId": entry["entryId"], "error": "stand-in told to fail"})
+                    continue
+                message = PublishedMessage(
+                    pubsub=request.path_params["pubsub"],
+                    topic=request.path_params["topic"],
+                    metadata=metadata,
+                    content_type=entry.get("contentType", ""),
+                    data=entry["event"],
+                    headers=dict(request.headers),
+                )
+                with self._lock:
+                    self._published.append(message)
+            if failed:
+                return JSONResponse({"failedEntries": failed, "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}, 500)
+            return Response(status_code=204)
+
         async def healthz(request: Request) -> Response:
             return Response(status_code=204 if self._healthy else 500)
 
@@ -265,6 +314,7 @@ class DaprSidecarStandIn:
         return Starlette(
             routes=[
                 Route("/v1.0/publish/{pubsub}/{topic}", publish, methods=["POST"]),
+                Route("/v1.0-alpha1/publish/bulk/{pubsub}/{topic}", publish_bulk, methods=["POST"]),
                 Route("/v1.0/healthz", healthz, methods=["GET"]),
                 Route("/v1.0/healthz/outbound", healthz, methods=["GET"]),
                 Route("/v1.0/invoke/{app_id}/method/{path:path}", invoke, methods=methods),

