@@ -17,6 +17,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_PYTHON_DOWNLOADS := never
+# Bytecode: compiled for the whole environment at sync, and written for the project's own
+# modules on first import. A machine that sets PYTHONDONTWRITEBYTECODE would otherwise
+# recompile every module in every process (the kubernetes client alone: 2.4 s instead of 1.2
+# at each ansible module run).
+export UV_COMPILE_BYTECODE := 1
+unexport PYTHONDONTWRITEBYTECODE
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Offline tiers; `online` runs only in GitHub Actions (rung L4).
 PYTEST_MARKERS ?= not online

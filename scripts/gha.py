@@ -39,8 +39,6 @@ KEYS = (
     "GO_MIN_VERSION",
     "KUBERNETES_VERSION",
     "GITLEAKS_VERSION",
-    "DAPR_VERSION",
-    "CERT_MANAGER_VERSION",
     "PYTHON_BASE_IMAGE",
     # doctl: the DigitalOcean CLI that writes the deploy jobs' short-lived kubeconfig
     "DOCTL_VERSION",

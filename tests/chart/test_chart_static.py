@@ -450,3 +450,23 @@ def test_the_package_leaves_out_the_test_suites_and_the_local_secret_store():
     ignore = (CHART / ".helmignore").read_text().splitlines()
     assert "tests/" in ignore and "dapr/local/" in ignore
     assert list((CHART / "tests").glob("*_test.yaml"))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_app_role_asserts_every_secret_and_key_the_release_reads(env):
+    """Each (Secret, key) the render reads is in the inventory's app_secrets, so a missing one
+    fails the run before the release changes; the TLS Secret is cert-manager's to create."""
+    asserted = {
+        spec["name"]: {key["name"] if isinstance(key, dict) else key for key in spec["keys"]}
+        for spec in yaml.safe_load(
+            (CHART.parent.parent / "inventories" / env / "group_vars/all/app.yml").read_text()
+        )["app_secrets"]
+    }
+    items = docs(env)
+    tls = {tls["secretName"] for ing in of_kind(items, "Ingress") for tls in ing["spec"]["tls"]}
+    unasserted = {
+        (name, key)
+        for name, key in secret_refs(items)
+        if name not in tls and (name not in asserted or (key is not None and key not in asserted[name]))
+    }
+    assert not unasserted

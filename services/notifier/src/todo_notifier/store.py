@@ -41,7 +41,9 @@ _COLUMNS = [
     notifications.c.read_at,
 ]
 _INSERT_NOTIFICATION = (
-    pg_insert(notifications).on_conflict_do_nothing(index_elements=["id"]).returning(notifications.c.id)
+    # No conflict target: a concurrent duplicate can collide on the primary key or on
+    # (task_id, due_at) first, and either must be a quiet no-op.
+    pg_insert(notifications).on_conflict_do_nothing().returning(notifications.c.id)
 )
 _INSERT_EVENT = insert_event_statement(OUTBOX_TABLE, "task_id")
 _OWNED = notifications.c.user_id == bindparam("owner_id")
