@@ -27,6 +27,9 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Offline tiers; `online` runs only in GitHub Actions (rung L4).
 PYTEST_MARKERS ?= not online
 PYTEST_ARGS ?=
+# Test files run on two pytest-xdist workers (conftest.py says which files share one);
+# PYTEST_WORKERS=0 runs them in this process, one after another.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help
 help: ## list the targets
@@ -41,7 +44,7 @@ up: bootstrap ## bring the Todo app up on a local single-node Kubernetes (issue 
 .PHONY: test
 test: bootstrap lint ## all offline test tiers (unit, integration, ...), after the linters
 	@start=$$(date +%s); \
-	$(PY) -m pytest -m "$(PYTEST_MARKERS)" $(PYTEST_ARGS); \
+	$(PY) -m pytest -m "$(PYTEST_MARKERS)" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
 	echo "make test: pytest took $$(( $$(date +%s) - start ))s"
 
 .PHONY: bootstrap

@@ -12,6 +12,40 @@ import pytest
 from testkit.controlplane import ControlPlane
 from testkit.postgres import Postgres
 
+# `make test` spreads the test files over two pytest-xdist workers. A file stays on one
+# worker, so its module fixtures start once; the files below also share a worker because
+# they share something the machine has only one of. Every worker starts its own session
+# fixtures (control plane, PostgreSQL, Kafka, Dapr), each on free ports and folders of its own.
+ONE_WORKER = {"tests/cluster/test_node": "the local single-node cluster: one per machine"}
+# The longest files start first, so neither worker is left alone with one at the end.
+LONGEST_FIRST = (
+    "tests/molecule/",
+    "tests/integration/test_site_app.py",
+    "tests/cluster/test_node",
+    "collections/ansible_collections/todo/cloud/tests/integration/",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return next(
+            (i for i, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST)
+        )
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = super()._split_scope(nodeid)
+            return next((prefix for prefix in ONE_WORKER if path.startswith(prefix)), path)
+
+    return FileScheduling(config, log)
+
 
 @pytest.fixture(scope="session")
 def controlplane():

@@ -24,6 +24,8 @@ with runc and explicit ulimits (GUIDE §3: crun fails on this cgroup v1 host).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -186,8 +188,24 @@ def _build_rootfs(v: dict[str, str], tarball: Path) -> None:
     log(f"base stand-in root filesystem cached in {tarball} ({time.monotonic() - started:.0f}s)")
 
 
+@contextlib.contextmanager
+def _exclusive(name: str):
+    """Held while building `name` here: two builds at once (two `make images`, two test
+    workers) take turns, and the second finds the first one's result."""
+    folder = toolchain.cache_root() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_base(v: dict[str, str]) -> str:
     """The stand-in's reference, imported into podman (from the cache, or built first)."""
+    with _exclusive("base"):
+        return _ensure_base(v)
+
+
+def _ensure_base(v: dict[str, str]) -> str:
     ref = standin_ref(v)
     if podman("image", "exists", ref, check=False).returncode == 0:
         return ref
@@ -342,13 +360,14 @@ def build(services: list[str], base_choice: str, force: bool = False) -> dict[st
     log(f"building {', '.join(services)} at {rev.tag} on {base}")
     tagged = refs(rev)
     timings = {}
-    for service in services:
-        if not (force or rev.dirty) and up_to_date(tagged[service], build_args(v, base, service, rev)):
-            podman("tag", tagged[service], f"{repository(service)}:local")
-            log(f"{tagged[service]} is up to date (a clean commit; --force builds anyway)")
-            timings[service] = -1.0
-        else:
-            timings[service] = build_one(v, base, service, rev, pull)
+    with _exclusive("services"):
+        for service in services:
+            if not (force or rev.dirty) and up_to_date(tagged[service], build_args(v, base, service, rev)):
+                podman("tag", tagged[service], f"{repository(service)}:local")
+                log(f"{tagged[service]} is up to date (a clean commit; --force builds anyway)")
+                timings[service] = -1.0
+            else:
+                timings[service] = build_one(v, base, service, rev, pull)
     for service in services:
         size = image_size(tagged[service])
         took = "up to date" if timings[service] < 0 else f"built in {timings[service]:5.1f}s"

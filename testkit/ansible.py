@@ -75,6 +75,8 @@ def run_playbook(
         "ANSIBLE_LOCALHOST_WARNING": "false",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
         "ANSIBLE_NOCOLOR": "1",
+        # The module files of this run under the test's own folder, not ~/.ansible/tmp.
+        "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-tmp"),
         **(env or {}),
     }
     argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), *extra_args]

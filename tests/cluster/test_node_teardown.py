@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def netns() -> set[str]:
-    return {p.name for p in NETNS_DIR.iterdir()} if NETNS_DIR.is_dir() else set()
+    """containerd's pod network namespaces (cni-<id>); podman's (netns-<id>), which tests on
+    the other worker may create meanwhile, are not the cluster's."""
+    return {p.name for p in NETNS_DIR.glob("cni-*")}
 
 
 def clusters() -> set[Path]:

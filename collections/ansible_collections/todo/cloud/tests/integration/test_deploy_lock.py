@@ -68,10 +68,12 @@ def test_a_held_lock_fails_naming_the_holder(tmp_path, k8s, namespace, kube_auth
     assert lease(k8s, namespace).spec.holder_identity == "github-77-1"
 
 
-def module_running(name: str) -> bool:
+def module_running(name: str, tmp_path: Path) -> bool:
+    """This test's module process is up (run_playbook puts Ansible's temp files in tmp_path)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
-            if f"AnsiballZ_{name}".encode() in cmdline.read_bytes():
+            text = cmdline.read_bytes()
+            if f"AnsiballZ_{name}".encode() in text and str(tmp_path).encode() in text:
                 return True
     return False
 
@@ -81,7 +83,7 @@ def test_waits_for_the_holder_to_release(tmp_path, k8s, namespace, kube_auth):
     done = threading.Event()
 
     def release_once_the_waiter_runs():
-        while not module_running("deploy_lock") and not done.wait(0.1):
+        while not module_running("deploy_lock", tmp_path) and not done.wait(0.1):
             pass
         # The module's first read comes within a second or two of its process starting (more
         # on a loaded machine); 8 s later it has certainly been waiting.
