@@ -59,11 +59,17 @@ def _start(scenario: str, controlplane, chart_repo, workdir: Path) -> tuple[subp
 
 
 @pytest.fixture(scope="module")
-def scenario_runs(controlplane, chart_repo, tmp_path_factory):
-    """Every scenario started at once, each in its own namespace on the shared control plane:
-    they spend most of their time waiting for the controllers, so together they take little
-    longer than the slowest alone. Logs: artifacts/molecule/<scenario>.log."""
-    runs = {name: _start(name, controlplane, chart_repo, tmp_path_factory.mktemp(name)) for name in SCENARIOS}
+def scenario_runs(request, controlplane, chart_repo, tmp_path_factory):
+    """The selected scenarios started at once, each in its own namespace on the shared control
+    plane: they spend most of their time waiting for the controllers, so together they take
+    little longer than the slowest alone (CI's shards select one each). Logs:
+    artifacts/molecule/<scenario>.log."""
+    selected = [
+        item.callspec.params["scenario"]
+        for item in request.session.items
+        if item.module is request.module and item.originalname == "test_scenario"
+    ]
+    runs = {name: _start(name, controlplane, chart_repo, tmp_path_factory.mktemp(name)) for name in selected}
     yield runs
     for proc, _ in runs.values():
         if proc.poll() is None:

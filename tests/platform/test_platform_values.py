@@ -142,6 +142,15 @@ def test_l0_cert_manager_installs_and_keeps_its_crds(env):
     assert crds == {"enabled": True, "keep": True}
 
 
+@pytest.mark.parametrize("env", CLUSTER)
+def test_l0_cert_manager_metrics_reach_prometheus_for_the_certificate_alerts(env):
+    rules = (ROLES / "monitoring" / "files" / "platform-rules.yaml").read_text()
+    assert "certmanager_certificate_" in rules
+    assert values(env, "cert-manager")["prometheus"] == {"enabled": True, "servicemonitor": {"enabled": True}}
+    stack = values(env, "kube-prometheus-stack")["prometheus"]["prometheusSpec"]
+    assert stack["serviceMonitorSelectorNilUsesHelmValues"] is False  # selects unlabelled monitors
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_l0_the_issuer_the_app_asks_for_is_one_the_platform_creates(env):
     settings = platform_vars(env)

@@ -169,9 +169,12 @@ async def test_the_session_cookie_authenticates_too(app, client, alice):
     assert body["unread_count"] == 1
 
 
+UNKNOWN_ID = "3f1c1f0e-6f5e-4b43-9d0a-7f2b9c1d2e3f"  # fixed: test ids must be the same on every worker
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", URL), ("POST", f"{URL}/read-all"), ("POST", f"{URL}/{uuid.uuid4()}/read")],
+    [("GET", URL), ("POST", f"{URL}/read-all"), ("POST", f"{URL}/{UNKNOWN_ID}/read")],
 )
 async def test_without_a_valid_session_the_answer_is_401(client, method, path):
     assert_problem(await client.request(method, path), 401)

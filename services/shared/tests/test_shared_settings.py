@@ -138,7 +138,7 @@ def test_secrets_are_masked_in_repr():
         ("change-me", True),
         ("", True),
         ("xxxxxxxx", True),
-        (STRONG_KEY, False),
+        pytest.param(STRONG_KEY, False, id="generated-key-False"),
         ("todo-prod-9f8e7d6c5b4a", False),
     ],
 )

@@ -143,8 +143,8 @@ def test_allow_placeholders_skips_only_the_placeholder_rule():
 @pytest.mark.parametrize(
     "value",
     [
-        pysecrets.token_hex(32),
-        pysecrets.token_urlsafe(48),
+        pytest.param(pysecrets.token_hex(32), id="random-hex"),
+        pytest.param(pysecrets.token_urlsafe(48), id="random-urlsafe"),
         base64.b64encode(bytes(range(48))).decode(),
         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         "correct horse battery staple orbit",
@@ -164,8 +164,12 @@ def test_real_looking_values_are_not_placeholders(value):
     "url",
     [
         "postgresql://todo_app:q8S2vN4xW9pL1mZ7@db.todo-staging.svc.cluster.local:5432/todo?sslmode=require",
-        "postgresql+asyncpg://todo:" + pysecrets.token_urlsafe(24) + "@10.0.0.5/todo",
-        "https://hooks.slack.com/services/T000/B000/" + pysecrets.token_hex(12),
+        pytest.param(
+            "postgresql+asyncpg://todo:" + pysecrets.token_urlsafe(24) + "@10.0.0.5/todo", id="random-db"
+        ),
+        pytest.param(
+            "https://hooks.slack.com/services/T000/B000/" + pysecrets.token_hex(12), id="random-hook"
+        ),
         "redis://redis-master.todo.svc:6379/0",
         "kafka://seed-abc.redpanda.cloud:9092",
         "https://[2001:db8::1]:8443/api",
