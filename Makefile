@@ -44,7 +44,7 @@ up: bootstrap ## bring the Todo app up on a local single-node Kubernetes (issue 
 .PHONY: test
 test: bootstrap lint ## all offline test tiers (unit, integration, ...), after the linters
 	@start=$$(date +%s); \
-	$(PY) -m pytest -m "$(PYTEST_MARKERS)" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
+	$(PY) -m pytest -m "$(PYTEST_MARKERS)" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); \
 	echo "make test: pytest took $$(( $$(date +%s) - start ))s"
 
 .PHONY: bootstrap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
@@ -17,7 +18,8 @@ from testkit.postgres import Postgres
 # they share something the machine has only one of. Every worker starts its own session
 # fixtures (control plane, PostgreSQL, Kafka, Dapr), each on free ports and folders of its own.
 ONE_WORKER = {"tests/cluster/test_node": "the local single-node cluster: one per machine"}
-# The longest files start first, so neither worker is left alone with one at the end.
+# The longest files start first (make test keeps this order: --no-loadscope-reorder), so
+# neither worker is left alone with one of them at the end.
 LONGEST_FIRST = (
     "tests/molecule/",
     "tests/integration/test_site_app.py",
@@ -27,6 +29,12 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(items):
+    # xdist schedules by node id: tests sharing one would silently run once.
+    counts = collections.Counter(item.nodeid for item in items)
+    shared = sorted(nodeid for nodeid, count in counts.items() if count > 1)
+    if shared:
+        raise pytest.UsageError(f"tests with the same node id (give them ids): {shared[:5]}")
+
     def rank(item):
         path = item.nodeid.split("::", 1)[0]
         return next(
