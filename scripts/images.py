@@ -439,11 +439,14 @@ def ensure_hadolint(v: dict[str, str]) -> Path:
 
 
 def _python_with_pip() -> str:
-    """This interpreter when it has pip (the project's uv-made .venv does not), else python3.X's."""
-    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, check=False)
-    if probe.returncode == 0:
-        return sys.executable
-    return shutil.which(f"python{versions()['PYTHON_VERSION']}") or "python3"
+    """An interpreter with pip: this one, else the one its venv was made from (the project's
+    uv-made .venv has no pip, and `make` puts .venv/bin first on PATH)."""
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, str(base)):
+        probe = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return python
+    raise SystemExit(f"images: no pip in {sys.executable} or {base}; install pip for Python {base.name}")
 
 
 def dockerfiles() -> list[Path]:
