@@ -27,6 +27,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Offline tiers; `online` runs only in GitHub Actions (rung L4).
 PYTEST_MARKERS ?= not online
 PYTEST_ARGS ?=
+# More ansible-playbook arguments for `make up` (e.g. ANSIBLE_ARGS="--tags app -v").
+ANSIBLE_ARGS ?=
 # Test files run on two pytest-xdist workers (conftest.py says which files share one);
 # PYTEST_WORKERS=0 runs them in this process, one after another.
 PYTEST_WORKERS ?= 2
@@ -36,10 +38,12 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: up
-up: bootstrap ## bring the Todo app up on a local single-node Kubernetes (issue 9)
-	@echo "make up: the local single-node cluster is not built yet (issue 9)." >&2
-	@echo "  Today: 'make controlplane' starts the test control plane (API server + controllers + kwok)." >&2
-	@exit 1
+up: bootstrap ## the Todo app on a local single-node Kubernetes: site.yml -i inventories/local (a second run changes nothing)
+	@$(VENV)/bin/ansible-playbook site.yml -i inventories/local $(ANSIBLE_ARGS)
+
+.PHONY: down
+down: $(VENV)/.synced ## remove the local cluster `make up` made, with its data
+	@$(VENV)/bin/ansible-playbook playbooks/teardown.yml -i inventories/local -e cluster_teardown_confirm=todo-local
 
 .PHONY: test
 test: bootstrap lint ## all offline test tiers (unit, integration, ...), after the linters
@@ -86,6 +90,10 @@ lint: $(VENV)/.synced ## ruff, yamllint, ansible-lint (production profile), hado
 .PHONY: images
 images: system-deps ## build the four service images with podman (tags: the commit and `local`; layer cache)
 	@python$(PYTHON_VERSION) scripts/images.py build
+
+.PHONY: platform-images
+platform-images: system-deps ## build the local cluster's PostgreSQL, Kafka, daprd and Dapr scheduler images (tags: their pins; layer cache)
+	@python$(PYTHON_VERSION) scripts/images.py build-platform
 
 .PHONY: dev
 dev: bootstrap ## run the whole app in process mode (PostgreSQL, Kafka, daprd per service, nginx); Ctrl-C stops it

@@ -17,13 +17,18 @@ from testkit.postgres import Postgres
 # worker, so its module fixtures start once; the files below also share a worker because
 # they share something the machine has only one of. Every worker starts its own session
 # fixtures (control plane, PostgreSQL, Kafka, Dapr), each on free ports and folders of its own.
-ONE_WORKER = {"tests/cluster/test_node": "the local single-node cluster: one per machine"}
+# Files that must share one worker, by path prefix -> the group's name.
+ONE_WORKER = {
+    "tests/cluster/test_node": "local-cluster",  # the local single-node cluster: one per machine
+    "tests/e2e/": "local-cluster",
+}
 # The longest files start first (make test keeps this order: --no-loadscope-reorder), so
 # neither worker is left alone with one of them at the end.
 LONGEST_FIRST = (
     "tests/molecule/",
     "tests/integration/test_site_app.py",
     "tests/cluster/test_node",
+    "tests/e2e/",
     "collections/ansible_collections/todo/cloud/tests/integration/",
 )
 
@@ -50,7 +55,7 @@ def pytest_xdist_make_scheduler(config, log):
     class FileScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid):
             path = super()._split_scope(nodeid)
-            return next((prefix for prefix in ONE_WORKER if path.startswith(prefix)), path)
+            return next((group for prefix, group in ONE_WORKER.items() if path.startswith(prefix)), path)
 
     return FileScheduling(config, log)
 

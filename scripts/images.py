@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Build the services' container images with podman, on a local stand-in for the Python base.
+"""Build the project's container images with podman, on a local stand-in for the Python base.
 
-    scripts/images.py build [SERVICE ...]   build (all four by default), showing progress
+    scripts/images.py build [SERVICE ...]   the services' images (all four by default), with progress
+    scripts/images.py build-platform [NAME ...]
+                                            the local cluster's platform images (all four by default):
+                                            postgres, kafka, daprd, dapr-scheduler
     scripts/images.py base                  build or find the base stand-in, print its reference
-    scripts/images.py refs                  the references `build` tags, as JSON
+    scripts/images.py refs                  the references `build` and `build-platform` tag, as JSON
     scripts/images.py lint                  hadolint on every Dockerfile (the pinned binary)
-    scripts/images.py prune                 remove the images of other commits
+    scripts/images.py prune                 remove the images of other commits (and of other pins)
 
 Each services/<name>/Dockerfile takes its base as the build argument PYTHON_BASE, whose
 default is Docker's official python image pinned by digest (versions.env PYTHON_BASE_IMAGE).
@@ -16,9 +19,20 @@ CA bundle (the registries are reached through a TLS-intercepting proxy), importe
 (TODO_CLOUD_CACHE/images/), and podman keeps its layers: a warm build takes seconds.
 `--base upstream` builds on the real base instead (where a registry is reachable).
 
-Images are tagged localhost/todo-<name>:<commit> (12 hex digits, "-dirty" when the files the
-images are built from have uncommitted changes) and localhost/todo-<name>:local. podman runs
-with runc and explicit ulimits (GUIDE §3: crun fails on this cgroup v1 host).
+Images are tagged localhost/todo-<name>:<commit> (12 hex digits, "-dirty-<digest of the
+changes>" when the files the images are built from have uncommitted changes) and
+localhost/todo-<name>:local. podman runs with runc and explicit ulimits (GUIDE §3: crun fails
+on this cgroup v1 host).
+
+The platform images (images/<name>/Dockerfile; `make platform-images`) are what `make up` runs
+besides the services, since no registry can give them here: PostgreSQL and Kafka (Debian
+packages pinned in versions.env, Kafka's jars from scripts/kafka_jars.py's cache) and Dapr's
+daprd and scheduler (scripts/toolchain.py's binaries). Each build context is a temporary copy
+of images/<name>/ plus those files. They are tagged by their pins, not by the commit:
+localhost/todo-postgres:<major>, localhost/todo-kafka:<KAFKA_VERSION>,
+localhost/todo-daprd:<DAPR_VERSION> and localhost/todo-dapr-scheduler:<DAPR_VERSION> (without
+the "v"); `platform_refs()` gives them, `build_platform()` builds them and returns them. Each
+image's contract (paths, environment, ports, user) is in its Dockerfile or entrypoint.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -229,19 +244,31 @@ def _ensure_base(v: dict[str, str]) -> str:
 @dataclass(frozen=True)
 class Revision:
     sha: str
-    dirty: bool
+    changes: str  # "": a clean tree; else a digest of the uncommitted changes to CONTEXT_PATHS
     created: str  # the commit's time: the same commit gives the same label
 
     @property
+    def dirty(self) -> bool:
+        return bool(self.changes)
+
+    @property
     def tag(self) -> str:
-        return self.sha[:12] + ("-dirty" if self.dirty else "")
+        return self.sha[:12] + (f"-dirty-{self.changes}" if self.changes else "")
 
 
 def revision() -> Revision:
+    """This commit, and what the working tree changes in the images' files: two different sets
+    of uncommitted changes get two tags, so a local cluster runs the code it was given."""
     sha = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--", *CONTEXT_PATHS))
+    changes = ""
+    if git("status", "--porcelain", "--", *CONTEXT_PATHS):
+        digest = hashlib.sha256(git("diff", "HEAD", "--binary", "--", *CONTEXT_PATHS).encode())
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", *CONTEXT_PATHS).split()
+        for path in sorted(untracked):
+            digest.update(path.encode() + b"\0" + (ROOT / path).read_bytes())
+        changes = digest.hexdigest()[:8]
     created = git("log", "-1", "--format=%cI", "HEAD")
-    return Revision(sha, dirty, created)
+    return Revision(sha, changes, created)
 
 
 def source_url() -> str:
@@ -309,6 +336,20 @@ def image_size(ref: str) -> int:
 
 def build_one(v: dict[str, str], base: str, service: str, rev: Revision, pull: str) -> float:
     args = build_args(v, base, service, rev)
+    tags = [f"{repository(service)}:{rev.tag}", f"{repository(service)}:local"]
+    return podman_build(service, f"services/{service}/Dockerfile", ".", args, labels(args), tags, pull)
+
+
+def podman_build(
+    name: str,
+    dockerfile: str,
+    context: str,
+    args: dict[str, str],
+    image_labels: dict[str, str],
+    tags: list[str],
+    pull: str,
+) -> float:
+    """`podman build` with the layer cache, its output shown line by line; the seconds it took."""
     # Docker's image format: OCI's has no SHELL, which the Dockerfiles set for pipefail.
     cmd = [
         *PODMAN,
@@ -319,22 +360,19 @@ def build_one(v: dict[str, str], base: str, service: str, rev: Revision, pull: s
         "--layers",
         f"--pull={pull}",
         "--file",
-        f"services/{service}/Dockerfile",
+        dockerfile,
         *(a for key, value in args.items() for a in ("--build-arg", f"{key}={value}")),
-        *(a for key, value in labels(args).items() for a in ("--label", f"{key}={value}")),
-        "--tag",
-        f"{repository(service)}:{rev.tag}",
-        "--tag",
-        f"{repository(service)}:local",
-        ".",
+        *(a for key, value in image_labels.items() for a in ("--label", f"{key}={value}")),
+        *(a for tag in tags for a in ("--tag", tag)),
+        context,
     ]
     started = time.monotonic()
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
-            print(f"[{service}] {line}", end="", flush=True)
+            print(f"[{name}] {line}", end="", flush=True)
     if proc.returncode != 0:
-        raise SystemExit(f"images: building {service} failed (podman build exit {proc.returncode})")
+        raise SystemExit(f"images: building {name} failed (podman build exit {proc.returncode})")
     return time.monotonic() - started
 
 
@@ -377,17 +415,132 @@ def build(services: list[str], base_choice: str, force: bool = False) -> dict[st
 
 
 def prune() -> None:
-    """Remove this project's image tags but `local` and the current commit's. (Not `podman image
-    prune`: the build stages' untagged images are the layer cache.)"""
+    """Remove this project's image tags but `local` and the current commit's, and the platform
+    images' tags but the current pins'. (Not `podman image prune`: the build stages' untagged
+    images are the layer cache.)"""
     keep = {"local", revision().tag}
     listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
     ours = {f"{repository(service)}:" for service in SERVICES}
+    pinned = set(platform_refs().values())
+    platform = {ref.rsplit(":", 1)[0] for ref in pinned}
     stale = [
         ref for ref in listed if ref.rsplit(":", 1)[0] + ":" in ours and ref.rsplit(":", 1)[1] not in keep
     ]
+    stale += [ref for ref in listed if ref.rsplit(":", 1)[0] in platform and ref not in pinned]
     for ref in stale:
         podman("rmi", ref, check=False)
-    log(f"pruned {len(stale)} tag(s); kept {', '.join(sorted(keep))}")
+    log(f"pruned {len(stale)} tag(s); kept {', '.join(sorted(keep))} and the platform images' pins")
+
+
+# --- the platform images: the data services and Dapr for the local cluster (`make up`) ---------
+
+IMAGES = ROOT / "images"  # images/<name>/Dockerfile and the entrypoint it copies
+# The pin each platform image is tagged with (a build argument, see `platform_pins`), and the
+# one its version label gives.
+PLATFORM_TAG = {
+    "postgres": "POSTGRES_MAJOR",
+    "kafka": "KAFKA_VERSION",
+    "daprd": "DAPR_VERSION",
+    "dapr-scheduler": "DAPR_VERSION",
+    "edge": "NGINX_VERSION",
+}
+PLATFORM_VERSION = {**PLATFORM_TAG, "postgres": "POSTGRES_VERSION"}
+PLATFORM = tuple(PLATFORM_TAG)
+DAPR_BINARIES = {"daprd": "daprd", "dapr-scheduler": "scheduler"}  # image -> toolchain's binary
+
+
+def postgres_major(v: dict[str, str]) -> str:
+    return v["POSTGRES_VERSION"].split(".", 1)[0]
+
+
+def platform_pins(v: dict[str, str]) -> dict[str, dict[str, str]]:
+    """name -> the build arguments that pin the image (its Dockerfile's ARG defaults match)."""
+    dapr = {"DAPR_VERSION": v["DAPR_VERSION"].removeprefix("v")}
+    return {
+        "postgres": {"POSTGRES_MAJOR": postgres_major(v), "POSTGRES_VERSION": v["POSTGRES_VERSION"]},
+        "kafka": {"OPENJDK_VERSION": v["OPENJDK_VERSION"], "KAFKA_VERSION": v["KAFKA_VERSION"]},
+        "daprd": dapr,
+        "dapr-scheduler": dapr,
+        "edge": {"NGINX_VERSION": v["NGINX_VERSION"]},
+    }
+
+
+def platform_refs(v: dict[str, str] | None = None) -> dict[str, str]:
+    """name -> reference of the platform images, tagged by their pins (not by the commit; a
+    Debian version's `+` and `~`, which a tag cannot hold, become `_`)."""
+    pins = platform_pins(v or versions())
+    tags = {name: re.sub(r"[^\w.-]", "_", pins[name][PLATFORM_TAG[name]]) for name in PLATFORM}
+    return {name: f"{repository(name)}:{tags[name]}" for name in PLATFORM}
+
+
+def platform_build_args(v: dict[str, str], base: str, name: str) -> dict[str, str]:
+    return {"PYTHON_BASE": base, "SOURCE_URL": source_url(), **platform_pins(v)[name]}
+
+
+def platform_labels(name: str, args: dict[str, str]) -> dict[str, str]:
+    """The labels the Dockerfile sets from build arguments, given again (see `labels`)."""
+    prefix = "org.opencontainers.image."
+    return {
+        prefix + "version": args[PLATFORM_VERSION[name]],
+        prefix + "source": args["SOURCE_URL"],
+        prefix + "base.name": args["PYTHON_BASE"],
+    }
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (the caches and the build context share a file system), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def platform_context(name: str, context: Path) -> None:
+    """The build context: images/<name>/ plus what the image takes from the project's caches
+    (Kafka's jars from scripts/kafka_jars.py, Dapr's binaries from scripts/toolchain.py)."""
+    shutil.copytree(IMAGES / name, context, dirs_exist_ok=True)
+    if name == "kafka":
+        import kafka_jars  # scripts/, like toolchain
+
+        libs = kafka_jars.ensure()
+        (context / "libs").mkdir()
+        for jar in sorted(libs.glob("*.jar")):
+            _link(jar, context / "libs" / jar.name)
+    elif name in DAPR_BINARIES:
+        dapr = next(tool for tool in toolchain.TOOLS if tool.name == "dapr")
+        toolchain.ensure(dapr, toolchain.read_versions())  # builds only when not cached
+        binary = DAPR_BINARIES[name]
+        _link(Path(os.path.realpath(toolchain.LINK_DIR / binary)), context / binary)
+
+
+def build_platform(names: list[str] | None = None, base_choice: str = "standin") -> dict[str, str]:
+    """Build the platform images (all by default) with podman's layer cache; name -> reference."""
+    if not shutil.which("podman"):
+        raise SystemExit("images: podman is missing; run `make system-deps`")
+    names = list(names or PLATFORM)
+    v = versions()
+    started = time.monotonic()
+    if base_choice == "upstream":
+        base, pull = v["PYTHON_BASE_IMAGE"], "missing"
+    else:
+        base, pull = ensure_base(v), "never"
+    tagged = platform_refs(v)
+    log(f"building the platform images {', '.join(names)} on {base}")
+    scratch = toolchain.cache_root() / "images"
+    scratch.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    with _exclusive("platform"):
+        for name in names:
+            with tempfile.TemporaryDirectory(prefix=f"context-{name}-", dir=scratch) as tmp:
+                platform_context(name, Path(tmp))
+                args = platform_build_args(v, base, name)
+                dockerfile = str(IMAGES / name / "Dockerfile")
+                meta = platform_labels(name, args)
+                timings[name] = podman_build(name, dockerfile, tmp, args, meta, [tagged[name]], pull)
+    for name in names:
+        log(f"{tagged[name]:44} {image_size(tagged[name]) / 1e6:6.1f} MB  built in {timings[name]:5.1f}s")
+    log(f"{len(names)} platform image(s) in {time.monotonic() - started:.0f}s")
+    return {name: tagged[name] for name in names}
 
 
 # --- hadolint ------------------------------------------------------------------------------
@@ -450,7 +603,8 @@ def _python_with_pip() -> str:
 
 
 def dockerfiles() -> list[Path]:
-    return sorted((ROOT / "services").glob("*/Dockerfile"))
+    """The services' Dockerfiles and the platform images'."""
+    return sorted((ROOT / "services").glob("*/Dockerfile")) + sorted(IMAGES.glob("*/Dockerfile"))
 
 
 def lint() -> int:
@@ -475,10 +629,18 @@ def main() -> int:
     cmd_build.add_argument(
         "--force", action="store_true", help="run podman build even for an image of a clean commit"
     )
+    cmd_platform = commands.add_parser(
+        "build-platform", help="build the local cluster's platform images (PostgreSQL, Kafka, Dapr)"
+    )
+    cmd_platform.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(PLATFORM)}")
+    cmd_platform.add_argument("--base", choices=["standin", "upstream"], default="standin")
+    cmd_platform.add_argument("--json", action="store_true", help="print the built references as JSON")
     commands.add_parser("base", help="build or find the base stand-in; print its reference")
-    commands.add_parser("refs", help="print the references `build` tags, as JSON")
+    commands.add_parser("refs", help="print the references `build` and `build-platform` tag, as JSON")
     commands.add_parser("lint", help="hadolint every Dockerfile")
-    commands.add_parser("prune", help="remove the images of other commits (keeps :local and this commit's)")
+    commands.add_parser(
+        "prune", help="remove the images of other commits and pins (keeps :local, this commit's, the pins')"
+    )
     args = parser.parse_args()
     if args.command == "build":
         unknown = set(args.services) - set(SERVICES)
@@ -487,10 +649,17 @@ def main() -> int:
         built = build(list(args.services) or list(SERVICES), args.base, args.force)
         if args.json:
             print(json.dumps(built))
+    elif args.command == "build-platform":
+        unknown = set(args.names) - set(PLATFORM)
+        if unknown:
+            parser.error(f"unknown platform image(s): {', '.join(sorted(unknown))}")
+        built = build_platform(args.names, args.base)
+        if args.json:
+            print(json.dumps(built))
     elif args.command == "base":
         print(ensure_base(versions()))
     elif args.command == "refs":
-        print(json.dumps(refs()))
+        print(json.dumps(refs() | platform_refs()))
     elif args.command == "lint":
         return lint()
     elif args.command == "prune":

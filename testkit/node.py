@@ -16,6 +16,7 @@ kube-controller-manager, kube-scheduler; no kwok) this starts a real node:
     python -m testkit.node up [--wait S]     # prints the admin kubeconfig path
     python -m testkit.node down [--dir DIR]  # every cluster when no --dir
     python -m testkit.node status | kubeconfig [--context NAME]
+    python -m testkit.node images [--check]   # the app's images into the running node
 
 The pods' bridge (todo-cni0, 10.244.0.1/24) is the node's address and the API server's
 advertised one: pods reach the API server through the `kubernetes` Service like anywhere.
@@ -72,6 +73,7 @@ STATE_FILE = "state.json"
 # kube-proxy's chains are machine-wide); only that cluster's sweep touches them.
 OWNER_FILE = Path("/run/todo-local-cluster")
 K8S_NS = "k8s.io"
+IMAGE_ID_LABEL = "todo.podman-image-id"  # on each image imported from podman (containerd's labels)
 
 
 def log(message: str) -> None:
@@ -149,11 +151,15 @@ def build_image(name: str, containerfile: str, files: dict[str, Path] | None = N
     return ref
 
 
+def podman_image_id(ref: str) -> str:
+    return _images_module().podman("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+
+
 def image_archive(ref: str) -> Path:
     """`podman save` of the image as an OCI archive, cached by image ID: a new cluster imports
     it without waiting for podman's store, which other builds may hold locked for a while."""
     images = _images_module()
-    image_id = images.podman("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+    image_id = podman_image_id(ref)
     folder = toolchain.cache_root() / "images" / "oci"
     archive = folder / f"{ref.rsplit('/', 1)[-1].replace(':', '-')}-{image_id[:12]}.tar"
     if not archive.is_file():
@@ -447,15 +453,25 @@ class LocalCluster:
             diagnose=lambda: self.tail("containerd"),
         )
 
-    def import_image(self, ref: str) -> None:
-        """A podman image into containerd's k8s.io namespace (podman save | ctr import)."""
-        if self.ctr("images", "ls", "-q", f"name=={ref}").stdout.strip():
-            return
+    def has_image(self, ref: str, image_id: str = "") -> bool:
+        """`ref` is in containerd (and, given podman's `image_id`, is that image: a tag that
+        stayed while its image changed is not)."""
+        listed = self.ctr("images", "ls", f"name=={ref}").stdout.splitlines()[1:]
+        return bool(listed) and (not image_id or f"{IMAGE_ID_LABEL}={image_id}" in listed[0])
+
+    def import_image(self, ref: str) -> bool:
+        """A podman image into containerd's k8s.io namespace (podman save | ctr import),
+        labelled with podman's image ID; False when that image was there already."""
+        image_id = podman_image_id(ref)
+        if self.has_image(ref, image_id):
+            return False
         archive = image_archive(ref)
         self.ctr("images", "import", "--base-name", ref.rsplit(":", 1)[0], str(archive))
-        if not self.ctr("images", "ls", "-q", f"name=={ref}").stdout.strip():
+        if not self.has_image(ref):
             listed = self.ctr("images", "ls", "-q").stdout
             raise RuntimeError(f"{ref} not in containerd after the import; it has:\n{listed}")
+        self.ctr("images", "label", ref, f"{IMAGE_ID_LABEL}={image_id}")
+        return True
 
     # -- kubelet and kube-proxy -------------------------------------------------------------
     def _kubelet(self) -> None:
@@ -1274,6 +1290,28 @@ def status() -> dict:
     }
 
 
+def app_images(cluster: LocalCluster, check: bool = False) -> dict:
+    """The app's images (the four services at this commit; PostgreSQL, Kafka, daprd and the
+    Dapr scheduler) built with podman (scripts/images.py; progress on stderr) and imported
+    into the node. `check`: build and import nothing, report what is missing."""
+    images = _images_module()
+    with contextlib.redirect_stdout(sys.stderr):
+        if check:
+            refs = {**images.refs(), **images.platform_refs(images.versions())}
+        else:
+            refs = {**images.build(list(images.SERVICES), "standin"), **images.build_platform()}
+    users, ids = {}, {}
+    for name, ref in refs.items():
+        found = images.podman("image", "inspect", "--format", "{{.Config.User}} {{.Id}}", ref, check=False)
+        if found.returncode == 0:
+            user, _, ids[name] = found.stdout.strip().rpartition(" ")
+            users[name] = user.split(":")[0]
+    report = {"refs": refs, "users": users, "ids": ids}
+    if check:
+        return report | {"missing": [r for n, r in refs.items() if not cluster.has_image(r, ids.get(n, ""))]}
+    return report | {"imported": [ref for ref in refs.values() if cluster.import_image(ref)]}
+
+
 def renamed_kubeconfig(path: Path, context: str) -> dict:
     """The admin kubeconfig with its one context, cluster and user named after `context`."""
     config = yaml.safe_load(path.read_text())
@@ -1296,7 +1334,16 @@ def main() -> int:
     sub.add_parser("status", help="the machine's local cluster, as JSON: running, dir, kubeconfig")
     config = sub.add_parser("kubeconfig", help="print the running cluster's admin kubeconfig")
     config.add_argument("--context", default="todo-local", help="the name of its context (and cluster)")
+    load = sub.add_parser("images", help="build the app's images and import them into the running cluster")
+    load.add_argument("--check", action="store_true", help="only report what would be imported")
     args = parser.parse_args()
+    if args.command == "images":
+        found = status()
+        if not found["running"]:
+            raise SystemExit("node: no local cluster runs (python -m testkit.node up)")
+        cluster = LocalCluster(workdir=Path(found["dir"]))
+        print(json.dumps(app_images(cluster, check=args.check) | {"dir": found["dir"]}))
+        return 0
     if args.command == "status":
         print(json.dumps(status()))
         return 0

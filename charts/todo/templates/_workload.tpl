@@ -127,6 +127,15 @@ spec:
         - name: dapr-config
           configMap:
             name: {{ include "todo.fullname" $root }}-dapr-config
+        {{- with $v.dapr.explicit.trustBundle }}
+        {{- if .configMap }}
+        - name: dapr-trust
+          configMap:
+            name: {{ .configMap }}
+            items:
+              - {key: {{ .key }}, path: {{ .key }}}
+        {{- end }}
+        {{- end }}
         {{- end }}
 {{- end -}}
 
@@ -312,6 +321,10 @@ resolver (<app-id>-dapr headless Services), no mTLS (no Sentry): local clusters 
     - name: APP_API_TOKEN
       valueFrom:
         secretKeyRef: {name: {{ $v.secrets.appApiToken.name | quote }}, key: token}
+    {{- if $x.trustBundle.configMap }}
+    - name: SSL_CERT_FILE
+      value: /dapr/trust/{{ $x.trustBundle.key }}
+    {{- end }}
   ports:
     - {name: dapr-internal, containerPort: 50002, protocol: TCP}
     - {name: dapr-public, containerPort: 3501, protocol: TCP}
@@ -343,6 +356,11 @@ resolver (<app-id>-dapr headless Services), no mTLS (no Sentry): local clusters 
     - name: dapr-config
       mountPath: /dapr/config
       readOnly: true
+    {{- if $x.trustBundle.configMap }}
+    - name: dapr-trust
+      mountPath: /dapr/trust
+      readOnly: true
+    {{- end }}
     {{- if include "todo.usesSecretStore" . }}
     - name: dapr-kube-api-access
       mountPath: {{ include "todo.kubeApiMountPath" . }}
