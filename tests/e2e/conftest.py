@@ -1,10 +1,12 @@
 """The L3 end-to-end suite's one deployment: what `make up` does (site.yml on the local
 inventory: the real single-node Kubernetes of testkit/node.py, the images imported into its
 node, PostgreSQL, Kafka and the Dapr scheduler as pods, the app with explicit daprd sidecars,
-the edge), run once for the whole suite and removed afterwards with `make down`'s playbook.
+the edge), run once for the whole suite (package scope: tests/e2e/ is a package) and removed
+after its last test with `make down`'s playbook.
 
-The suite shares its cluster with tests/cluster/test_node*: conftest.py keeps them on one
-worker (one local cluster per machine)."""
+tests/e2e/test_node.py checks the cluster itself on it. tests/cluster/test_node_teardown.py
+starts clusters of its own: conftest.py keeps it on the suite's worker (one local cluster per
+machine)."""
 
 from __future__ import annotations
 
@@ -47,9 +49,14 @@ class LocalApp:
     kubeconfig: Path
     url: str
     first: Run
+    first_tag: str = ""  # the image tag of the release `make up` installed (revision 1)
 
     def playbook(self, name: str, *extra: str, timeout: float = 900) -> Run:
         return playbook(name, self.kubeconfig, *extra, timeout=timeout)
+
+    def down(self, *extra: str) -> Run:
+        """`make down` (playbooks/teardown.yml with the typed confirmation)."""
+        return self.playbook("playbooks/teardown.yml", "-e", "cluster_teardown_confirm=todo-local", *extra)
 
     def up(self, *extra: str) -> Run:
         """`make up` again (site.yml)."""
@@ -79,10 +86,11 @@ def playbook(name: str, kubeconfig: Path, *extra: str, timeout: float = 900) -> 
     return Run(proc.returncode, report, proc.stdout[-4000:] + proc.stderr[-4000:], time.monotonic() - started)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def local_app(tmp_path_factory) -> LocalApp:
-    """site.yml on the local inventory (`make up`), once per module; `make down`'s playbook
-    afterwards (the machine holds one local cluster: test_node*'s come before or after)."""
+    """site.yml on the local inventory (`make up`), once for the suite; `make down`'s playbook
+    after its last test (the machine holds one local cluster: test_node*'s come before).
+    TODO_E2E_KEEP=1 leaves the cluster up for a look afterwards (a later run adopts it)."""
     from testkit.node import status
 
     kubeconfig = tmp_path_factory.mktemp("e2e") / "kube" / "todo-local"
@@ -92,8 +100,18 @@ def local_app(tmp_path_factory) -> LocalApp:
         assert first.rc == 0, first.output
         print(f"\nmake up (site.yml, local): {first.seconds:.0f}s")
         said = first.results("Say where to open the app")
-        yield LocalApp(kubeconfig, said[0]["msg"].rsplit(" ", 1)[-1].rstrip("/"), first)
+        tag = json.loads(subprocess.check_output([sys.executable, "scripts/images.py", "refs"], cwd=ROOT))[
+            "api"
+        ]
+        app = LocalApp(
+            kubeconfig, said[0]["msg"].rsplit(" ", 1)[-1].rstrip("/"), first, tag.rsplit(":", 1)[1]
+        )
+        yield app
     finally:
-        if status()["running"]:
-            down = playbook("playbooks/teardown.yml", kubeconfig, "-e", "cluster_teardown_confirm=todo-local")
+        if os.environ.get("TODO_E2E_KEEP"):
+            print(f"\nTODO_E2E_KEEP: the local cluster stays up (make down removes it); {kubeconfig}")
+        elif status()["running"]:
+            down = LocalApp(kubeconfig, "", first).down()
             assert down.rc == 0, down.output
+            assert down.stats()["changed"] == 1, down.output
+            assert not status()["running"]

@@ -1,68 +1,34 @@
-"""`make up` end to end (rung L3): site.yml on the local inventory brings the whole app up on
-the real single-node Kubernetes, reachable from this machine at the URL it prints; a task
-created through that URL travels api -> outbox -> daprd -> Kafka -> daprd -> gateway and
-reaches a browser's event stream; a second run changes nothing; the admission policy refuses
-a pod without limits."""
+"""`make up` end to end (rung L3): site.yml on the local inventory starts the real single-node
+Kubernetes (roles/cluster, provider local), writes its kubeconfig, and brings the whole app up,
+reachable from this machine at the URL it prints; a task created through that URL travels
+api -> outbox -> daprd -> Kafka -> daprd -> gateway and reaches a browser's event stream; a
+second run changes nothing; the admission policy refuses a pod without limits; `make down`'s
+playbook in check mode removes nothing (the real one runs after the suite: conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import queue
-import secrets
-import threading
-import uuid
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from testkit.node import NODE_NAME, status
+
+from .e2elib import EventStream, signed_in
 
 pytestmark = pytest.mark.e2e
 
 
-def signed_in(url: str) -> dict[str, str]:
-    """A new user's bearer header, through the edge."""
-    account = {"email": f"e2e-{uuid.uuid4().hex[:8]}@example.com", "password": secrets.token_urlsafe(16)}
-    registered = httpx.post(f"{url}/api/v1/auth/register", json=account, timeout=30)
-    assert registered.status_code == 201, registered.text
-    login = httpx.post(f"{url}/api/v1/auth/login", json=account, timeout=30)
-    assert login.status_code == 200, login.text
-    return {"Authorization": f"Bearer {login.json()['access_token']}"}
-
-
-class EventStream:
-    """GET /api/v1/events in a thread; each event (id, type, data) lands in a queue."""
-
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
-        self.events: queue.Queue = queue.Queue()
-        self.opened = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(url, headers), daemon=True)
-        self._thread.start()
-        assert self.opened.wait(30), "the event stream did not open"
-
-    def _read(self, url: str, headers: dict[str, str]) -> None:
-        timeout = httpx.Timeout(10, read=None)
-        with httpx.stream("GET", f"{url}/api/v1/events", headers=headers, timeout=timeout) as response:
-            assert response.status_code == 200, response.read()
-            self.opened.set()
-            frame: dict[str, str] = {}
-            for line in response.iter_lines():
-                if self._stop.is_set():
-                    return
-                if line == "":
-                    if "event" in frame:
-                        self.events.put(frame)
-                    frame = {}
-                elif ":" in line and not line.startswith(":"):
-                    key, value = line.split(":", 1)
-                    frame[key] = value.removeprefix(" ")
-
-    def next(self, timeout: float) -> dict[str, str]:
-        return self.events.get(timeout=timeout)
-
-    def close(self) -> None:
-        self._stop.set()
+def test_l3_make_up_starts_the_cluster_and_writes_its_kubeconfig(local_app):
+    assert status()["running"]
+    config = yaml.safe_load(local_app.kubeconfig.read_text())
+    assert config["current-context"] == "todo-local"
+    assert oct(local_app.kubeconfig.stat().st_mode & 0o777) == "0o600"
+    assert client.CoreV1Api(local_app.client()).read_node(NODE_NAME).metadata.name == NODE_NAME
+    assert local_app.first.stats()["changed"] >= 2
 
 
 def test_l3_make_up_serves_the_app_at_the_url_it_prints(local_app):
@@ -108,3 +74,11 @@ def test_l3_the_admission_policy_refuses_a_pod_without_limits(local_app):
         core.create_namespaced_pod("todo-local", pod)
     assert refused.value.status in (403, 422), refused.value.body
     assert "limits" in refused.value.body, refused.value.body
+
+
+def test_l3_make_down_in_check_mode_removes_nothing(local_app):
+    check = local_app.playbook(
+        "playbooks/teardown.yml", "--check", "-e", "cluster_teardown_confirm=todo-local"
+    )
+    assert check.rc == 0, check.output
+    assert status()["running"], "check mode removes nothing"

@@ -1,9 +1,10 @@
-"""A real single-node Kubernetes (rung L3): kubelet, containerd and runc run an image podman
-built; its answer reaches the host by pod IP and through a ClusterIP Service (kube-proxy,
-iptables); CoreDNS resolves Services; metrics-server serves the metrics API an HPA reads.
+"""The single-node Kubernetes under the app (rung L3): kubelet, containerd and runc run an
+image podman built; its answer reaches the host by pod IP and through a ClusterIP Service
+(kube-proxy, iptables); CoreDNS resolves Services; metrics-server serves the metrics API an
+HPA reads.
 
-The cluster is testkit/node.py's, started once for this module (about a minute when the
-tools and images are cached) and removed afterwards.
+The cluster is the suite's (tests/e2e/conftest.py: `make up` started it through roles/cluster
+with testkit/node.py); these tests use it beside the app, in a namespace of their own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from testkit.node import (
     NODE_NAME,
     LocalCluster,
     build_image,
+    status,
     wait_for,
 )
 
@@ -68,14 +70,9 @@ ENTRYPOINT ["python3", "/srv/echo.py"]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    started = LocalCluster.create()
-    try:
-        started.start(wait=300)  # after another run's local cluster, if one is up
-        print(f"\nlocal cluster timings (s since start): {started.timings}")
-        yield started
-    finally:
-        started.stop()
+def cluster(local_app):
+    """The running local cluster (the suite's), adopted by its state folder."""
+    return LocalCluster(workdir=Path(status()["dir"]))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,154 @@
+"""Clients of the end-to-end suite: a signed-in user, a browser-like event stream that
+reconnects with Last-Event-ID, and a steady HTTP load that counts every failure."""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+NAMESPACE = "todo-local"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def signed_in(url: str) -> dict[str, str]:
+    """A new user's bearer header, through the edge."""
+    account = {"email": f"e2e-{uuid.uuid4().hex[:8]}@example.com", "password": secrets.token_urlsafe(16)}
+    registered = httpx.post(f"{url}/api/v1/auth/register", json=account, timeout=30)
+    assert registered.status_code == 201, registered.text
+    login = httpx.post(f"{url}/api/v1/auth/login", json=account, timeout=30)
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+class EventStream:
+    """GET /api/v1/events in a thread, as a browser's EventSource: when the stream ends it
+    reconnects after the server's `retry` hint, sending the last event id (Last-Event-ID).
+    Each event (a dict of its fields) lands in `events`; `reconnects` counts the new streams."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.reconnects = 0
+        self.errors: list[str] = []
+        self.last_id: str | None = None
+        self.opened = threading.Event()
+        self._retry = 1.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, headers), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(30), f"the event stream did not open: {self.errors}"
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        while not self._stop.is_set():
+            sent = dict(headers) | ({"Last-Event-ID": self.last_id} if self.last_id else {})
+            try:
+                self._read(url, sent)
+            except httpx.HTTPError as exc:
+                self.errors.append(repr(exc))
+            if self._stop.wait(self._retry):
+                return
+            self.reconnects += 1
+
+    def _read(self, url: str, headers: dict[str, str]) -> None:
+        timeout = httpx.Timeout(10, read=None)
+        with httpx.stream("GET", f"{url}/api/v1/events", headers=headers, timeout=timeout) as response:
+            if response.status_code != 200:
+                self.errors.append(f"{response.status_code}: {response.read()!r}")
+                return
+            self.opened.set()
+            frame: dict[str, str] = {}
+            for line in response.iter_lines():
+                if self._stop.is_set():
+                    return
+                if line == "":
+                    if "retry" in frame:
+                        self._retry = int(frame["retry"]) / 1000
+                    if "event" in frame:
+                        self.last_id = frame.get("id", self.last_id)
+                        self.events.put(frame)
+                    frame = {}
+                elif not line.startswith(":"):
+                    key, _, value = line.partition(":")
+                    frame[key] = value.removeprefix(" ")
+
+    def next(self, timeout: float) -> dict[str, str]:
+        return self.events.get(timeout=timeout)
+
+    def drain(self) -> list[dict[str, str]]:
+        found = []
+        while not self.events.empty():
+            found.append(self.events.get_nowait())
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class Load:
+    """`workers` threads sending GETs through the edge in turn over `paths`, as fast as they
+    are answered (or `interval` s apart); every answer but the expected status, and every
+    transport error, is a failure."""
+
+    url: str
+    headers: dict[str, str]
+    paths: dict[str, int]  # path -> the status it must answer
+    workers: int = 6
+    interval: float = 0.0  # each worker's pause between requests
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        self._started = time.monotonic()
+        for _ in range(self.workers):
+            thread = threading.Thread(target=self._work, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _work(self) -> None:
+        paths = list(self.paths.items())
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=15) as client:
+            turn = 0
+            while not self._stop.wait(self.interval):
+                path, status = paths[turn % len(paths)]
+                turn += 1
+                try:
+                    answer = client.get(path)
+                    failure = None if answer.status_code == status else f"{path}: {answer.status_code}"
+                except httpx.HTTPError as exc:
+                    failure = f"{path}: {exc!r}"
+                with self._lock:
+                    self.sent += 1
+                    if failure:
+                        self.failures.append(failure)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        self.seconds = time.monotonic() - self._started
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def record(name: str, seconds: float) -> None:
+    """Keep a timing in artifacts/e2e/timings.json (the README reports them)."""
+    path = ROOT / "artifacts" / "e2e" / "timings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(found | {name: round(seconds, 1)}, indent=2) + "\n")
+    print(f"\n{name}: {seconds:.1f}s")

@@ -1,0 +1,188 @@
+"""Releases on the local cluster under real traffic (rung L3), in order:
+
+1. SC-002: while clients send more than 50 requests a second through the edge and hold event
+   streams, a new version of all four services rolls out (playbooks/deploy.yml, as CI runs it):
+   0 failed requests, and every event published meanwhile reaches every stream (the streams
+   whose gateway pod goes away reconnect with Last-Event-ID).
+2. SC-007: a version whose api pods run but never get ready is caught by rollout_wait and
+   rolled back by the same run; the previous version serves throughout with 0 failed requests.
+   The time from the run's start to the restored release is recorded.
+3. The operators' rollback playbook returns to the first revision, timed, under traffic.
+
+A "new version" is the running images under a new tag (the same code): what is tested is
+the rollout, and a new tag is what makes one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from kubernetes import client
+
+from testkit.node import LocalCluster, status
+
+from .e2elib import NAMESPACE, EventStream, Load, record, signed_in
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("api", "notifier", "gateway", "web")
+# GETs of every service behind the edge; the event streams are the gateway's. Six workers
+# at most 12.5 requests/s each: over SC-002's 50/s, with CPU left for the rollout itself.
+TRAFFIC = {"/api/v1/tasks": 200, "/api/v1/notifications": 200, "/api/v1/tags": 200, "/signin": 200}
+PACE = 0.08
+
+
+def running_tag(local_app) -> str:
+    """The one image tag the four Deployments run."""
+    apps = client.AppsV1Api(local_app.client())
+    tags = {
+        apps.read_namespaced_deployment(f"todo-{service}", NAMESPACE).spec.template.spec.containers[0].image
+        for service in SERVICES
+    }
+    tags = {image.rsplit(":", 1)[1] for image in tags}
+    assert len(tags) == 1, tags
+    return tags.pop()
+
+
+def new_version(local_app, suffix: str) -> str:
+    """The running images tagged <tag>-<suffix>, imported into the node; the new tag."""
+    import images  # scripts/images.py (testkit puts scripts/ on sys.path)
+
+    tag = running_tag(local_app)
+    new = f"{tag.split('-e2e-')[0]}-e2e-{suffix}"
+    cluster = LocalCluster(workdir=Path(status()["dir"]))
+    for service in SERVICES:
+        images.podman("tag", f"localhost/todo-{service}:{tag}", f"localhost/todo-{service}:{new}")
+        cluster.import_image(f"localhost/todo-{service}:{new}")
+    return new
+
+
+class Creator:
+    """Creates a task every `interval` seconds in a thread; their ids, and any failure."""
+
+    def __init__(self, url: str, headers: dict[str, str], interval: float = 0.25) -> None:
+        self.ids: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, headers, interval), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, headers: dict[str, str], interval: float) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=15) as http:
+            while not self._stop.wait(interval):
+                try:
+                    made = http.post("/api/v1/tasks", json={"title": f"during the rollout {len(self.ids)}"})
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if made.status_code == 201:
+                    self.ids.append(made.json()["id"])
+                else:
+                    self.failures.append(f"POST /api/v1/tasks: {made.status_code}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def received(stream: EventStream, ids: set[str], timeout: float) -> set[str]:
+    """The task ids among `ids` whose task.created reached `stream` within `timeout` s."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while seen < ids and time.monotonic() < deadline:
+        try:
+            event = stream.next(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:
+            break
+        assert event["event"] != "resync", f"the gateway asked for a resync: {event}"
+        if event["event"] == "task.created":
+            seen.add(json.loads(event["data"])["task_id"])
+    return seen & ids
+
+
+def test_l3_sc002_a_new_version_rolls_out_with_zero_failed_requests_and_no_missed_event(local_app):
+    new = new_version(local_app, "next")
+    headers = signed_in(local_app.url)
+    streams = [EventStream(local_app.url, headers) for _ in range(2)]
+    try:
+        with Load(local_app.url, headers, TRAFFIC, interval=PACE) as load:
+            time.sleep(3)
+            creator = Creator(local_app.url, headers)
+            started = time.monotonic()
+            run = local_app.up("--tags", "app", "-e", f"app_image_tag={new}")
+            record("rollout of a new version (deploy.yml)", time.monotonic() - started)
+            time.sleep(3)
+            creator.stop()
+        assert run.rc == 0, run.output
+        assert running_tag(local_app) == new
+        print(f"\nload: {load.sent} requests, {load.rate:.0f}/s; {len(creator.ids)} tasks created")
+        assert load.failures + creator.failures == [], (load.failures + creator.failures)[:20]
+        assert load.rate >= 50, f"{load.rate:.0f} requests/s"
+        assert creator.ids
+        for stream in streams:
+            missing = set(creator.ids) - received(stream, set(creator.ids), timeout=60)
+            detail = f"reconnects: {stream.reconnects}, errors: {stream.errors}"
+            assert not missing, f"{len(missing)} of {len(creator.ids)} events missed ({detail})"
+            assert stream.reconnects >= 1, "the old gateway pod went away: the stream had to reconnect"
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_one_serves(local_app):
+    before = running_tag(local_app)
+    bad = new_version(local_app, "broken")
+    # The api of the new version answers /healthz but never /readyz: its readiness checks
+    # cannot finish in a microsecond.
+    broken = {
+        "app_extra_values": {"services": {"api": {"env": {"TODO_READINESS_TIMEOUT_SECONDS": "0.000001"}}}}
+    }
+    headers = signed_in(local_app.url)
+    with Load(local_app.url, headers, TRAFFIC, interval=PACE) as load:
+        started = time.monotonic()
+        run = local_app.up(
+            "--tags",
+            "app",
+            "-e",
+            f"app_image_tag={bad}",
+            "-e",
+            json.dumps(broken),
+            "-e",
+            "app_readiness_window=45",
+        )
+        restored = time.monotonic() - started
+    assert run.rc != 0, "the run fails, naming the reason"
+    assert "not ready" in run.output or "ReadinessTimeout" in run.output, run.output
+    assert running_tag(local_app) == before, "the previous version runs again"
+    detected = run.results("Wait for the rollout")[0]["elapsed"]
+    record("failed release: rollout_wait's verdict (readiness window 45 s)", detected)
+    record("failed release: run start to the previous version restored", restored)
+    assert load.failures == [], load.failures[:20]
+    assert load.rate >= 50, f"{load.rate:.0f} requests/s"
+    # Nothing of the broken version is left running.
+    pods = client.CoreV1Api(local_app.client()).list_namespaced_pod(
+        NAMESPACE, label_selector="app.kubernetes.io/name=api"
+    )
+    assert all(
+        pod.spec.containers[0].image.endswith(f":{before}")
+        for pod in pods.items
+        if not pod.metadata.deletion_timestamp
+    )
+
+
+def test_l3_the_rollback_playbook_returns_to_the_first_revision_under_traffic(local_app):
+    first_tag = local_app.first_tag
+    headers = signed_in(local_app.url)
+    with Load(local_app.url, headers, TRAFFIC, interval=PACE) as load:
+        started = time.monotonic()
+        run = local_app.playbook("playbooks/rollback.yml", "-e", "app_rollback_to=1")
+        took = time.monotonic() - started
+    assert run.rc == 0, run.output
+    assert running_tag(local_app) == first_tag
+    record("rollback playbook to revision 1", took)
+    assert load.failures == [], load.failures[:20]
