@@ -25,10 +25,10 @@ ONE_WORKER = {
 # The longest files start first (make test keeps this order: --no-loadscope-reorder), so
 # neither worker is left alone with one of them at the end.
 LONGEST_FIRST = (
+    "tests/cluster/test_node",  # with tests/e2e/: one group, the longest (the L3 suite)
+    "tests/e2e/",
     "tests/molecule/",
     "tests/integration/test_site_app.py",
-    "tests/cluster/test_node",
-    "tests/e2e/",
     "collections/ansible_collections/todo/cloud/tests/integration/",
 )
 
