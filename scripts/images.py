@@ -24,11 +24,11 @@ changes>" when the files the images are built from have uncommitted changes) and
 localhost/todo-<name>:local. podman runs with runc and explicit ulimits (GUIDE §3: crun fails
 on this cgroup v1 host).
 
-The platform images (images/<name>/Dockerfile; `make platform-images`) are what `make up` runs
+The platform images (platform-images/<name>/Dockerfile; `make platform-images`) are what `make up` runs
 besides the services, since no registry can give them here: PostgreSQL and Kafka (Debian
 packages pinned in versions.env, Kafka's jars from scripts/kafka_jars.py's cache) and Dapr's
 daprd and scheduler (scripts/toolchain.py's binaries). Each build context is a temporary copy
-of images/<name>/ plus those files. They are tagged by their pins, not by the commit:
+of platform-images/<name>/ plus those files. They are tagged by their pins, not by the commit:
 localhost/todo-postgres:<major>, localhost/todo-kafka:<KAFKA_VERSION>,
 localhost/todo-daprd:<DAPR_VERSION> and localhost/todo-dapr-scheduler:<DAPR_VERSION> (without
 the "v"); `platform_refs()` gives them, `build_platform()` builds them and returns them. Each
@@ -434,7 +434,7 @@ def prune() -> None:
 
 # --- the platform images: the data services and Dapr for the local cluster (`make up`) ---------
 
-IMAGES = ROOT / "images"  # images/<name>/Dockerfile and the entrypoint it copies
+IMAGES = ROOT / "platform-images"  # platform-images/<name>/Dockerfile and the entrypoint it copies
 # The pin each platform image is tagged with (a build argument, see `platform_pins`), and the
 # one its version label gives.
 PLATFORM_TAG = {
@@ -496,7 +496,7 @@ def _link(source: Path, target: Path) -> None:
 
 
 def platform_context(name: str, context: Path) -> None:
-    """The build context: images/<name>/ plus what the image takes from the project's caches
+    """The build context: platform-images/<name>/ plus what the image takes from the project's caches
     (Kafka's jars from scripts/kafka_jars.py, Dapr's binaries from scripts/toolchain.py)."""
     shutil.copytree(IMAGES / name, context, dirs_exist_ok=True)
     if name == "kafka":

@@ -1,4 +1,4 @@
-"""The local cluster's platform images (images/*/Dockerfile, `make platform-images`): PostgreSQL,
+"""The local cluster's platform images (platform-images/*/Dockerfile, `make platform-images`): PostgreSQL,
 Kafka, daprd and the Dapr scheduler, which `make up` runs next to the services.
 
 Rung L0: the Dockerfiles, read statically (hadolint, the pins). Rung L3 for images: the real
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 def dockerfile(name: str) -> Path:
-    return ROOT / "images" / name / "Dockerfile"
+    return ROOT / "platform-images" / name / "Dockerfile"
 
 
 # --- rung L0: the Dockerfiles -------------------------------------------------------------------
@@ -54,7 +54,7 @@ def test_l0_platform_dockerfiles_are_hadolint_clean_and_linted_by_make_lint():
     files = [dockerfile(name) for name in PLATFORM]
     assert all(path.is_file() for path in files)
     # `scripts/images.py lint` (make lint) checks every Dockerfile under images/
-    assert set(ROOT.glob("images/*/Dockerfile")) <= set(build_script.dockerfiles())
+    assert set(ROOT.glob("platform-images/*/Dockerfile")) <= set(build_script.dockerfiles())
     hadolint = build_script.ensure_hadolint(VERSIONS)
     result = subprocess.run(
         [str(hadolint), "--no-color", "--failure-threshold", "style", "--format", "json", *map(str, files)],
