@@ -35,11 +35,12 @@ class Run:
         return self.report.get("stats", {}).get("local", {})
 
     def results(self, task: str) -> list[dict]:
+        """The results of the task named `task` (a role's task: "<role> : <task>" too)."""
         return [
             result
             for play in self.report.get("plays", [])
             for entry in play["tasks"]
-            if entry["task"]["name"] == task
+            if entry["task"]["name"] == task or entry["task"]["name"].endswith(f" : {task}")
             for result in entry["hosts"].values()
         ]
 

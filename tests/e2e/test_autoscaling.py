@@ -12,7 +12,8 @@ from kubernetes import client
 
 from .e2elib import NAMESPACE, Load, record, signed_in
 
-pytestmark = pytest.mark.e2e
+# The first test of the suite also waits for `make up` (the package fixture), up to ~5 min.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 def ready_replicas(apps: client.AppsV1Api) -> int:

@@ -19,7 +19,8 @@ from testkit.node import NODE_NAME, status
 
 from .e2elib import EventStream, signed_in
 
-pytestmark = pytest.mark.e2e
+# The first test of the suite also waits for `make up` (the package fixture), up to ~5 min.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 def test_l3_make_up_starts_the_cluster_and_writes_its_kubeconfig(local_app):

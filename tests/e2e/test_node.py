@@ -28,7 +28,7 @@ from testkit.node import (
     wait_for,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 # A tiny HTTP server (the stand-in base's Python, standard library only): answers its pod's
 # name and a value from the environment, and resolves names with the pod's resolver.

@@ -28,7 +28,8 @@ from testkit.node import LocalCluster, status
 
 from .e2elib import NAMESPACE, EventStream, Load, record, signed_in
 
-pytestmark = pytest.mark.e2e
+# The first test of the suite also waits for `make up` (the package fixture), up to ~5 min.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 SERVICES = ("api", "notifier", "gateway", "web")
 # GETs of every service behind the edge; the event streams are the gateway's. Six workers
