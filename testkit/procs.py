@@ -22,11 +22,20 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process has not
+    handed out before: the kernel may offer a port again as soon as it is released, and a
+    process given several ports at once (daprd's gRPC and metrics ports) must get distinct ones."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def alive(pid: int) -> bool:

@@ -94,14 +94,14 @@ class EventStream:
 @dataclass
 class Load:
     """`workers` threads sending GETs through the edge in turn over `paths`, as fast as they
-    are answered (or `interval` s apart); every answer but the expected status, and every
-    transport error, is a failure."""
+    are answered or at `target_rate` requests/s in all (a worker behind its schedule sends at once);
+    every answer but the expected status, and every transport error, is a failure."""
 
     url: str
     headers: dict[str, str]
     paths: dict[str, int]  # path -> the status it must answer
     workers: int = 6
-    interval: float = 0.0  # each worker's pause between requests
+    target_rate: float = 0.0  # requests per second to aim at, over all workers (0: as fast as answered)
     sent: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -121,7 +121,10 @@ class Load:
         paths = list(self.paths.items())
         with httpx.Client(base_url=self.url, headers=self.headers, timeout=15) as client:
             turn = 0
-            while not self._stop.wait(self.interval):
+            period = self.workers / self.target_rate if self.target_rate else 0.0
+            due = time.monotonic()
+            while not self._stop.wait(max(0.0, due - time.monotonic())):
+                due += period
                 path, status = paths[turn % len(paths)]
                 turn += 1
                 try:
