@@ -69,14 +69,15 @@ spec:
         namespace: {{ $.Release.Namespace | quote }}
       {{- end }}
   {{- end }}
-  {{- if eq $v.dapr.mode "explicit" }}
-  # Standalone daprd finds its peers through the <app-id>-dapr headless Services.
+  # Peers by the app's own Service (a virtual IP with daprd's internal port), not the pod
+  # addresses of an <app-id>-dapr headless Service: a caller's daprd keeps one gRPC connection
+  # per peer and re-resolves a name at most every 30 s, so when the pod it holds goes away it
+  # dials the virtual IP again and lands on a live replica at once.
   nameResolution:
     component: kubernetes
     version: v1
     configuration:
-      clusterDomain: {{ $v.dapr.explicit.clusterDomain | quote }}
-  {{- end }}
+      template: {{ printf "%s-{{.ID}}.{{.Namespace}}.svc.%s:{{.Port}}" (include "todo.fullname" .) $v.dapr.clusterDomain | quote }}
 {{- end -}}
 
 {{/* The explicit-mode ConfigMap: the components and the secret store, as daprd files. */}}

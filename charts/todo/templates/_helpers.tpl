@@ -134,6 +134,9 @@ Checks that JSON schema cannot express; each one fails the render with a clear m
 {{- fail (printf "services.%s.secretEnv.%s refers to secrets.%s, which has no name: set secrets.%s.name to an existing Secret" $name $env $ref $ref) -}}
 {{- end -}}
 {{- end -}}
+{{- if and $svc.dapr.enabled (ne $svc.dapr.appId $name) -}}
+{{- fail (printf "services.%s.dapr.appId is %q: it must be %q, the name peers resolve to this service's Service (dapr.nameResolution)" $name $svc.dapr.appId $name) -}}
+{{- end -}}
 {{- $drain := add $svc.preStopSleepSeconds $svc.shutdownTimeoutSeconds $v.dapr.gracefulShutdownSeconds 5 -}}
 {{- if lt (int $svc.terminationGracePeriodSeconds) (int $drain) -}}
 {{- fail (printf "services.%s.terminationGracePeriodSeconds (%d) must cover preStopSleepSeconds + shutdownTimeoutSeconds + dapr.gracefulShutdownSeconds + 5 s (%d)" $name (int $svc.terminationGracePeriodSeconds) (int $drain)) -}}

@@ -170,9 +170,18 @@ spec:
     failureThreshold: {{ $v.probes.liveness.failureThreshold }}
   lifecycle:
     preStop:
+      {{- if and $svc.dapr.enabled $svc.dapr.invocationTarget (eq $v.dapr.mode "explicit") }}
+      # Other apps' daprd hold a gRPC connection to this pod's daprd, which as a native sidecar
+      # would outlive the app and pass their calls to a closed port. It is stopped first, so
+      # they reconnect to a live replica while this app still answers; then the sleep. (With
+      # the injector, daprd gets SIGTERM when the pod starts terminating: the same order.)
+      exec:
+        command: [python, -m, todo_shared.prestop, --stop-dapr, --sleep, {{ $svc.preStopSleepSeconds | quote }}]
+      {{- else }}
       # Endpoints and the ingress drop the pod before it stops accepting connections.
       sleep:
         seconds: {{ $svc.preStopSleepSeconds }}
+      {{- end }}
   resources:
     {{- toYaml $svc.resources | nindent 4 }}
   securityContext:
@@ -389,6 +398,11 @@ spec:
       targetPort: http
       protocol: TCP
     {{- if .svc.dapr.enabled }}
+    # Service invocation: peers' daprd reach this app's daprd here (dapr.nameResolution).
+    - name: dapr-internal
+      port: 50002
+      targetPort: 50002
+      protocol: TCP
     - name: dapr-metrics
       port: 9090
       targetPort: 9090

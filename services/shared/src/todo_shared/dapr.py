@@ -28,6 +28,9 @@ Public API:
     unreachable).
   * ``await healthy() -> bool`` and ``await readiness_check()`` (raises ``DaprError``):
     ``GET /v1.0/healthz/outbound`` (204 once the sidecar's components are ready).
+  * ``await shutdown()``: ``POST /v1.0/shutdown``, the sidecar's graceful stop (as on
+    SIGTERM: it closes its servers, lets what is in flight finish and exits); raises
+    ``DaprError`` unless the sidecar accepts (204).
   * ``await aclose()``; also an async context manager.
   * ``DaprClient.from_settings(settings)``: ``None`` when ``DAPR_HTTP_PORT`` is unset.
 
@@ -292,3 +295,11 @@ class DaprClient:
         except DaprError:
             return False
         return True
+
+    async def shutdown(self) -> None:
+        try:
+            response = await self._http.post("/v1.0/shutdown", headers=self._request_headers())
+        except httpx.HTTPError as exc:
+            raise DaprError(f"shutdown: sidecar unreachable ({type(exc).__name__})") from None
+        if response.status_code >= 300:
+            raise DaprError(f"shutdown refused: {response.status_code}", response.status_code)
