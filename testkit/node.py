@@ -1090,6 +1090,21 @@ def iptables_leftovers() -> list[str]:
     return lines
 
 
+def leftovers(workdir: Path) -> list[str]:
+    """What a removed cluster left behind, one line each (none: the removal was complete): its
+    state folder, its processes and mounts, pod network namespaces (containerd's cni-*; podman's
+    netns-* are not the cluster's), the bridge, the iptables rules, the pods' cgroups."""
+    found = [f"state folder {workdir}"] if workdir.exists() else []
+    found += [f"process {pid}" for pid in node_processes(workdir)]
+    found += [f"mount {point}" for point in mounts_under(workdir)]
+    found += [f"network namespace {path.name}" for path in NETNS_DIR.glob("cni-*")]
+    if run("ip", "link", "show", BRIDGE, check=False, quiet=True).returncode == 0:
+        found.append(f"bridge {BRIDGE}")
+    found += iptables_leftovers()
+    found += [f"cgroup {h / CGROUP_ROOT}" for h in cgroup_hierarchies() if (h / CGROUP_ROOT).exists()]
+    return found
+
+
 def _clean_iptables() -> None:
     """Delete the KUBE-* chains and the CNI chains of our network, in every table."""
     for binary in ("iptables", "ip6tables"):

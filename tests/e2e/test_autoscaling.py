@@ -1,7 +1,7 @@
 """SC-005 on the local cluster (rung L3): CPU load on the api makes its HorizontalPodAutoscaler
 (metrics from metrics-server, scaled by kube-controller-manager) add replicas within two
 minutes; when the load drops to a trickle, it removes them again after the stabilization
-window (60 s in the local values), and no request fails on the way out or in."""
+window (30 s in the local values), and no request fails on the way out or in."""
 
 from __future__ import annotations
 

@@ -36,9 +36,11 @@ SERVICES = ("api", "notifier", "gateway", "web")
 # GETs of every service behind the edge; the event streams are the gateway's. The web's task
 # page (signed in by its session cookie) calls the api through Dapr service invocation, so a
 # rollout of the api must not break the web's calls either. 80 requests/s: over SC-002's
-# 50/s with room for a slow moment, and CPU left for the rollout itself.
+# 50/s with room for a slow moment, and CPU left for the rollout itself; 16 clients, so a
+# slow answer (a page waits for the api) does not hold the rate down.
 TRAFFIC = {"/api/v1/tasks": 200, "/api/v1/notifications": 200, "/api/v1/tags": 200, "/tasks": 200}
 RATE = 80
+CLIENTS = 16
 
 
 def browser(headers: dict[str, str]) -> dict[str, str]:
@@ -120,7 +122,7 @@ def test_l3_sc002_a_new_version_rolls_out_with_zero_failed_requests_and_no_misse
     headers = signed_in(local_app.url)
     streams = [EventStream(local_app.url, headers) for _ in range(2)]
     try:
-        with Load(local_app.url, browser(headers), TRAFFIC, workers=8, target_rate=RATE) as load:
+        with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
             time.sleep(3)
             creator = Creator(local_app.url, headers)
             started = time.monotonic()
@@ -153,7 +155,7 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
         "app_extra_values": {"services": {"api": {"env": {"TODO_READINESS_TIMEOUT_SECONDS": "0.000001"}}}}
     }
     headers = signed_in(local_app.url)
-    with Load(local_app.url, browser(headers), TRAFFIC, workers=8, target_rate=RATE) as load:
+    with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
         started = time.monotonic()
         run = local_app.up(
             "--tags",
@@ -188,7 +190,7 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
 def test_l3_the_rollback_playbook_returns_to_the_first_revision_under_traffic(local_app):
     first_tag = local_app.first_tag
     headers = signed_in(local_app.url)
-    with Load(local_app.url, browser(headers), TRAFFIC, workers=8, target_rate=RATE) as load:
+    with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
         started = time.monotonic()
         run = local_app.playbook("playbooks/rollback.yml", "-e", "app_rollback_to=1")
         took = time.monotonic() - started

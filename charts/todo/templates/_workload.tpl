@@ -174,7 +174,8 @@ spec:
       # Other apps' daprd hold a gRPC connection to this pod's daprd, which as a native sidecar
       # would outlive the app and pass their calls to a closed port. It is stopped first, so
       # they reconnect to a live replica while this app still answers; then the sleep. (With
-      # the injector, daprd gets SIGTERM when the pod starts terminating: the same order.)
+      # the injector, such an app's daprd gets no block-shutdown-duration: it stops on the
+      # SIGTERM it gets as the pod starts terminating, the same order.)
       exec:
         command: [python, -m, todo_shared.prestop, --stop-dapr, --sleep, {{ $svc.preStopSleepSeconds | quote }}]
       {{- else }}
@@ -265,7 +266,9 @@ dapr.io/sidecar-memory-limit: {{ $svc.dapr.resources.limits.memory | quote }}
 dapr.io/sidecar-seccomp-profile-type: RuntimeDefault
 dapr.io/enable-app-health-check: "true"
 dapr.io/app-health-check-path: /healthz
+{{- if not $svc.dapr.invocationTarget }}
 dapr.io/block-shutdown-duration: {{ printf "%ss" (include "todo.daprBlockShutdownSeconds" .) | quote }}
+{{- end }}
 dapr.io/graceful-shutdown-seconds: {{ $v.dapr.gracefulShutdownSeconds | quote }}
 # Components read Secrets through the `secretstore` component only.
 dapr.io/disable-builtin-k8s-secret-store: "true"
