@@ -1305,16 +1305,32 @@ def status() -> dict:
     }
 
 
-def app_images(cluster: LocalCluster, check: bool = False) -> dict:
-    """The app's images (the four services at this commit; PostgreSQL, Kafka, daprd and the
-    Dapr scheduler) built with podman (scripts/images.py; progress on stderr) and imported
-    into the node. `check`: build and import nothing, report what is missing."""
+def app_image_names() -> list[str]:
+    """The images the app needs on the node: the four services, then the platform's
+    (PostgreSQL, Kafka, daprd, the Dapr scheduler, the edge)."""
     images = _images_module()
+    return [*images.SERVICES, *images.PLATFORM]
+
+
+def app_images(cluster: LocalCluster, check: bool = False, names: list[str] | None = None) -> dict:
+    """The app's images (all of `app_image_names()`, or `names`; the services at this commit)
+    built with podman (scripts/images.py; progress on stderr) and imported into the node.
+    `check`: build and import nothing, report what is missing."""
+    images = _images_module()
+    names = names or app_image_names()
+    if unknown := sorted(set(names) - set(app_image_names())):
+        raise SystemExit(f"node: no such image: {', '.join(unknown)} (images --list names them)")
+    services = [name for name in names if name in images.SERVICES]
+    platform = [name for name in names if name in images.PLATFORM]
     with contextlib.redirect_stdout(sys.stderr):
         if check:
-            refs = {**images.refs(), **images.platform_refs(images.versions())}
+            every = {**images.refs(), **images.platform_refs(images.versions())}
+            refs = {name: every[name] for name in names}
         else:
-            refs = {**images.build(list(images.SERVICES), "standin"), **images.build_platform()}
+            refs = {
+                **(images.build(services, "standin") if services else {}),
+                **(images.build_platform(platform) if platform else {}),
+            }
     users, ids = {}, {}
     for name, ref in refs.items():
         found = images.podman("image", "inspect", "--format", "{{.Config.User}} {{.Id}}", ref, check=False)
@@ -1351,13 +1367,18 @@ def main() -> int:
     config.add_argument("--context", default="todo-local", help="the name of its context (and cluster)")
     load = sub.add_parser("images", help="build the app's images and import them into the running cluster")
     load.add_argument("--check", action="store_true", help="only report what would be imported")
+    load.add_argument("--only", action="append", metavar="NAME", help="this image only (repeatable)")
+    load.add_argument("--list", action="store_true", help="print the images' names as JSON, do nothing")
     args = parser.parse_args()
+    if args.command == "images" and args.list:
+        print(json.dumps(app_image_names()))
+        return 0
     if args.command == "images":
         found = status()
         if not found["running"]:
             raise SystemExit("node: no local cluster runs (python -m testkit.node up)")
         cluster = LocalCluster(workdir=Path(found["dir"]))
-        print(json.dumps(app_images(cluster, check=args.check) | {"dir": found["dir"]}))
+        print(json.dumps(app_images(cluster, check=args.check, names=args.only) | {"dir": found["dir"]}))
         return 0
     if args.command == "status":
         print(json.dumps(status()))

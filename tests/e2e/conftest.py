@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,24 @@ class Run:
 
     def stats(self) -> dict:
         return self.report.get("stats", {}).get("local", {})
+
+    def timed(self) -> list[tuple[str, datetime, datetime]]:
+        """Every task of the run that has a duration: (name, start, end), in run order."""
+        return [
+            (entry["task"]["name"], *(datetime.fromisoformat(took[k]) for k in ("start", "end")))
+            for play in self.report.get("plays", [])
+            for entry in play["tasks"]
+            if (took := entry["task"].get("duration", {})).get("start") and took.get("end")
+        ]
+
+    def ended(self, task: str) -> datetime:
+        """When the first task named `task` (a role's task: "<role> : <task>" too) ended."""
+        return next(end for name, _, end in self.timed() if name == task or name.endswith(f" : {task}"))
+
+    def slowest(self, count: int = 8) -> list[tuple[float, str]]:
+        """The `count` longest tasks of the run: (seconds, name), longest first."""
+        seconds = [((end - start).total_seconds(), name) for name, start, end in self.timed()]
+        return sorted(seconds, reverse=True)[:count]
 
     def results(self, task: str) -> list[dict]:
         """The results of the task named `task` (a role's task: "<role> : <task>" too)."""
@@ -99,7 +118,9 @@ def local_app(tmp_path_factory) -> LocalApp:
     first = playbook("site.yml", kubeconfig, "-e", "cluster_local_wait_seconds=600", timeout=1500)
     try:
         assert first.rc == 0, first.output
-        print(f"\nmake up (site.yml, local): {first.seconds:.0f}s")
+        print(f"\nmake up (site.yml, local): {first.seconds:.0f}s; its longest tasks:")
+        for seconds, name in first.slowest():
+            print(f"  {seconds:6.1f}s  {name}")
         said = first.results("Say where to open the app")
         tag = json.loads(subprocess.check_output([sys.executable, "scripts/images.py", "refs"], cwd=ROOT))[
             "api"

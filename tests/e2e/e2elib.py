@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import secrets
 import threading
 import time
@@ -13,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
+
+from testkit.node import status
 
 NAMESPACE = "todo-local"
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +150,21 @@ class Load:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds else 0.0
+
+
+def endpoint_programming() -> str:
+    """How long the node's kube-proxy took to bring endpoint changes into its rules, one line
+    (its histogram kubeproxy_network_programming_duration_seconds): printed next to the
+    zero-downtime results, which depend on it (a stopping pod's preStop sleep must cover it)."""
+    config = yaml.safe_load((Path(status()["dir"]) / "kube-proxy.yaml").read_text())
+    text = httpx.get(f"http://{config['metricsBindAddress']}/metrics", timeout=10).text
+    buckets = {
+        match[1]: int(float(match[2]))
+        for match in re.finditer(r'network_programming_duration_seconds_bucket\{.*le="([^"]+)"\} (\S+)', text)
+    }
+    total = buckets.get("+Inf", 0)
+    within = ", ".join(f"{buckets[le]} within {le} s" for le in ("1", "5", "10") if le in buckets)
+    return f"kube-proxy: {total} endpoint changes programmed; {within}"
 
 
 def record(name: str, seconds: float) -> None:

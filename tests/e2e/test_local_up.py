@@ -1,9 +1,11 @@
 """`make up` end to end (rung L3): site.yml on the local inventory starts the real single-node
 Kubernetes (roles/cluster, provider local), writes its kubeconfig, and brings the whole app up,
-reachable from this machine at the URL it prints; a task created through that URL travels
+reachable from this machine at the URL it prints (building and importing the images a
+line per image); a task created through that URL travels
 api -> outbox -> daprd -> Kafka -> daprd -> gateway and reaches a browser's event stream; a
 second run changes nothing; the admission policy refuses a pod without limits; `make down`'s
-playbook in check mode removes nothing (the real one runs after the suite: conftest.py)."""
+playbook in check mode removes nothing (the real one is the suite's last test,
+test_teardown.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from testkit.node import NODE_NAME, status
+from testkit.node import NODE_NAME, app_image_names, status
 
 from .e2elib import EventStream, signed_in
 
@@ -30,6 +32,13 @@ def test_l3_make_up_starts_the_cluster_and_writes_its_kubeconfig(local_app):
     assert oct(local_app.kubeconfig.stat().st_mode & 0o777) == "0o600"
     assert client.CoreV1Api(local_app.client()).read_node(NODE_NAME).metadata.name == NODE_NAME
     assert local_app.first.stats()["changed"] >= 2
+
+
+def test_l3_make_up_shows_its_progress_an_image_at_a_time(local_app):
+    [step] = local_app.first.results("Build each image and import it into the node")
+    items = [result["item"] for result in step["results"]]
+    assert items == app_image_names()  # the four services, then the platform's
+    assert all(result["rc"] == 0 for result in step["results"])
 
 
 def test_l3_make_up_serves_the_app_at_the_url_it_prints(local_app):
