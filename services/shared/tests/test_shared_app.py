@@ -8,8 +8,9 @@ import logging
 
 import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
 from todo_shared.app import add_readiness_check, create_app, mark_shutting_down
 from todo_shared.problems import PROBLEM_JSON, Problem
 from todo_shared.settings import ServiceSettings
@@ -238,3 +239,27 @@ def test_openapi_documents_problem_json_for_errors(app):
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     assert "ProblemDetails" in schema["components"]["schemas"]
     assert "/healthz" not in schema["paths"]
+
+
+async def test_routers_are_served_from_the_apps_own_router_with_their_prefix_tags_and_dependencies():
+    """No included-router node to walk on every request (FastAPI >= 0.137 keeps one per
+    include_router): the app's router holds the routes themselves, and what the router gave
+    them (prefix, tags, dependencies) still applies."""
+    seen = []
+
+    async def audit(request: Request) -> None:
+        seen.append(request.url.path)
+
+    router = APIRouter(prefix="/v1/things", tags=["things"], dependencies=[Depends(audit)])
+
+    @router.get("/{thing_id}")
+    async def get_thing(thing_id: int) -> dict:
+        return {"id": thing_id}
+
+    app = create_app(ServiceSettings(environment="test"), routers=[router])
+    assert all(isinstance(route, Route) for route in app.router.routes)
+    assert app.router.routes.index(router.routes[0]) < [r.path for r in app.router.routes].index("/healthz")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client:
+        assert (await client.get("/v1/things/7")).json() == {"id": 7}
+    assert seen == ["/v1/things/7"]
+    assert app.openapi()["paths"]["/v1/things/{thing_id}"]["get"]["tags"] == ["things"]

@@ -82,11 +82,17 @@ def test_redact_handles_odd_values():
 
 @pytest.fixture
 def restore_logging():
+    """configure_logging changes the process: its root handlers and level, and the logging
+    module's switches for what each record collects. Put them back for the other tests."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    switches = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")
+    saved_switches = {name: getattr(logging, name) for name in switches}
     yield
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
+    for name, value in saved_switches.items():
+        setattr(logging, name, value)
 
 
 def test_configure_logging_routes_everything_to_one_json_handler(capsys, restore_logging):
@@ -97,3 +103,27 @@ def test_configure_logging_routes_everything_to_one_json_handler(capsys, restore
     out = capsys.readouterr().out.splitlines()
     messages = [json.loads(line)["message"] for line in out]
     assert messages == ["from uvicorn", "from us"]
+
+
+def test_time_is_exact_across_seconds_and_extras_across_call_sites():
+    """Records alternating between seconds and between call sites (different extra keys) each
+    come out with their own time and only their own extras, the sensitive ones redacted."""
+    formatter = JsonFormatter("svc")
+    lines = []
+    for created, extra in [
+        (1_800_000_000.25, {"a": 1}),
+        (1_800_000_001.5, {"b": "x", "password": "hunter22"}),
+        (1_800_000_000.75, {"a": 2}),
+    ]:
+        record = logging.LogRecord("todo.test", logging.INFO, __file__, 1, "m", None, None)
+        record.created = created
+        record.__dict__.update(extra)
+        lines.append(json.loads(formatter.format(record)))
+    assert [line["time"] for line in lines] == [
+        "2027-01-15T08:00:00.250+00:00",
+        "2027-01-15T08:00:01.500+00:00",
+        "2027-01-15T08:00:00.750+00:00",
+    ]
+    assert (lines[0]["a"], lines[2]["a"]) == (1, 2)
+    assert (lines[1]["b"], lines[1]["password"]) == ("x", REDACTED)
+    assert "b" not in lines[0] and "a" not in lines[1]

@@ -16,7 +16,8 @@ Module layout:
 - ``outbox``: ``record_event`` and the ``OutboxRelay`` publishing through Dapr.
 - ``recurrence``: next occurrence of a recurring task.
 - ``passwords``: argon2id hashing off the event loop.
-- ``routes/``: ``auth``, ``tasks``, ``tags`` routers and their dependencies.
+- ``routes/``: ``auth``, ``tasks``, ``tags`` routers; ``deps``: what they share (the store,
+  hasher and settings from the request, ``json_response``).
 """
 
 from __future__ import annotations

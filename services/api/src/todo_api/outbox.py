@@ -52,7 +52,10 @@ _INSERT_EVENT = shared.insert_event_statement(OUTBOX_TABLE, "task_id")
 def event_payload(
     event_id: uuid.UUID, event_type: str, user_id: uuid.UUID, task: dict[str, Any], occurred_at: datetime
 ) -> dict[str, Any]:
-    """The event body consumers receive (CloudEvent ``data``): ids, type, time, the task snapshot."""
+    """The event body consumers receive (CloudEvent ``data``): ids, type, time, the task snapshot.
+
+    ``task`` is JSON-ready (``schemas.jsonable``), or the task's Python values when the body is
+    written with ``schemas.dumps`` (the create does that: the same JSON)."""
     assert event_type in EVENT_TYPES, event_type
     return {
         "event_id": str(event_id),

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
@@ -39,7 +39,7 @@ from todo_shared.sql import CONNECTION_ERRORS, CompiledStatement, StatementCache
 
 from todo_api.outbox import event_payload, record_event, user_lock_key
 from todo_api.recurrence import next_due
-from todo_api.schemas import TASK_FIELDS, TaskCreate, TaskUpdate, jsonable
+from todo_api.schemas import TASK_FIELDS, TaskCreate, TaskUpdate, dumps, jsonable
 from todo_api.tables import tasks, users
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -95,7 +95,7 @@ _CREATE_TASK_WITH_EVENT = text(
     bindparam("now", type_=DateTime(timezone=True)),
     bindparam("lock_key", type_=BigInteger),
     bindparam("event_id", type_=Uuid),
-    bindparam("payload", type_=JSONB),
+    bindparam("payload", type_=String),  # JSON text (schemas.dumps)
 )
 _INSERT_USER = (
     pg_insert(users)
@@ -333,12 +333,10 @@ class Store:
     # tasks -------------------------------------------------------------------
     async def create_task(self, user_id: uuid.UUID, data: TaskCreate) -> dict[str, Any]:
         """Insert the task and its task.created event in one statement; the task (``task_dict``)."""
-        fields = data.model_dump()
-        _check_dependencies(fields)
         task_id, event_id, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
-        task = {
+        task = {  # TaskOut's fields, in its order
             "id": task_id,
-            **fields,
+            **data.model_dump(),
             "completed": False,
             "completed_at": None,
             "created_at": now,
@@ -346,20 +344,23 @@ class Store:
             "series_id": task_id,
             "next_task_id": None,
         }
+        _check_dependencies(task)
+        # The event's JSON is written once, from the task's Python values (``dumps`` writes them
+        # as ``jsonable`` would), and handed to PostgreSQL as text for its jsonb cast.
+        payload = dumps(event_payload(event_id, "task.created", user_id, task, now)).decode()
         params = {
-            **fields,
-            "id": task_id,
+            **task,
             "user_id": user_id,
             "now": now,
             "lock_key": user_lock_key(user_id),
             "event_id": event_id,
-            "payload": event_payload(event_id, "task.created", user_id, jsonable(task), now),
+            "payload": payload,
         }
         compiled = self._compiled(_CREATE_TASK_WITH_EVENT)
         async with self._driver() as conn:
             await conn.execute(compiled.sql, *compiled.args(params))
         self.on_change()
-        return {name: task[name] for name in TASK_FIELDS}
+        return task
 
     async def get_task(self, user_id: uuid.UUID, task_id: uuid.UUID) -> dict[str, Any]:
         row = await self._fetchrow(_SELECT_TASK, {"task_id": task_id, "owner_id": user_id})

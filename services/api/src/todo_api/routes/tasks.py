@@ -6,12 +6,12 @@ import uuid
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 from todo_shared.auth import UserId
 from todo_shared.problems import validation_problem
 
-from todo_api.routes.deps import StoreDep, json_response
+from todo_api.routes.deps import json_response, store_of
 from todo_api.schemas import Priority, TaskCreate, TaskOut, TaskPage, TaskUpdate, storable
 from todo_api.store import ListQuery
 
@@ -39,15 +39,15 @@ def _zone(name: str | None) -> ZoneInfo:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
-async def create_task(body: TaskCreate, user_id: UserId, store: StoreDep) -> Response:
-    task = await store.create_task(user_id, body)
+async def create_task(body: TaskCreate, user_id: UserId, request: Request) -> Response:
+    task = await store_of(request).create_task(user_id, body)
     return json_response(task, status.HTTP_201_CREATED, {"Location": f"/api/v1/tasks/{task['id']}"})
 
 
 @router.get("", response_model=TaskPage)
 async def list_tasks(
     user_id: UserId,
-    store: StoreDep,
+    request: Request,
     q: Annotated[
         SearchText | None, Query(description="Case-insensitive text in title or description.")
     ] = None,
@@ -78,33 +78,33 @@ async def list_tasks(
         limit=limit,
         offset=offset,
     )
-    items, total = await store.list_tasks(user_id, query)
+    items, total = await store_of(request).list_tasks(user_id, query)
     return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get("/{task_id}", response_model=TaskOut)
-async def get_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
-    return json_response(await store.get_task(user_id, task_id))
+async def get_task(task_id: uuid.UUID, user_id: UserId, request: Request) -> Response:
+    return json_response(await store_of(request).get_task(user_id, task_id))
 
 
 @router.patch("/{task_id}", response_model=TaskOut)
-async def update_task(task_id: uuid.UUID, body: TaskUpdate, user_id: UserId, store: StoreDep) -> Response:
-    return json_response(await store.update_task(user_id, task_id, body))
+async def update_task(task_id: uuid.UUID, body: TaskUpdate, user_id: UserId, request: Request) -> Response:
+    return json_response(await store_of(request).update_task(user_id, task_id, body))
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
-    await store.delete_task(user_id, task_id)
+async def delete_task(task_id: uuid.UUID, user_id: UserId, request: Request) -> Response:
+    await store_of(request).delete_task(user_id, task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{task_id}/complete", response_model=TaskOut)
-async def complete_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
+async def complete_task(task_id: uuid.UUID, user_id: UserId, request: Request) -> Response:
     """Complete the task. A recurring task's next occurrence is created exactly once
     (its id is in ``next_task_id``); completing a completed task changes nothing."""
-    return json_response(await store.complete_task(user_id, task_id))
+    return json_response(await store_of(request).complete_task(user_id, task_id))
 
 
 @router.post("/{task_id}/reopen", response_model=TaskOut)
-async def reopen_task(task_id: uuid.UUID, user_id: UserId, store: StoreDep) -> Response:
-    return json_response(await store.reopen_task(user_id, task_id))
+async def reopen_task(task_id: uuid.UUID, user_id: UserId, request: Request) -> Response:
+    return json_response(await store_of(request).reopen_task(user_id, task_id))
