@@ -172,12 +172,20 @@ spec:
     preStop:
       {{- if and $svc.dapr.enabled $svc.dapr.invocationTarget (eq $v.dapr.mode "explicit") }}
       # Other apps' daprd hold a gRPC connection to this pod's daprd, which as a native sidecar
-      # would outlive the app and pass their calls to a closed port. It is stopped first, so
-      # they reconnect to a live replica while this app still answers; then the sleep. (With
-      # the injector, such an app's daprd gets no block-shutdown-duration: it stops on the
-      # SIGTERM it gets as the pod starts terminating, the same order.)
+      # would outlive the app and pass their calls to a closed port. It is stopped 3 s before
+      # the sleep ends: by then the Service's rules no longer lead here, so they reconnect to a
+      # live replica, and this app still answers what is in flight. (With the injector, such an
+      # app's daprd gets no block-shutdown-duration: it stops on the SIGTERM it gets as the pod
+      # starts terminating.)
       exec:
-        command: [python, -m, todo_shared.prestop, --stop-dapr, --sleep, {{ $svc.preStopSleepSeconds | quote }}]
+        command:
+          - python
+          - -m
+          - todo_shared.prestop
+          - --sleep
+          - {{ $svc.preStopSleepSeconds | quote }}
+          - --stop-dapr-after
+          - {{ max 0 (sub (int $svc.preStopSleepSeconds) 3) | quote }}
       {{- else }}
       # Endpoints and the ingress drop the pod before it stops accepting connections.
       sleep:
