@@ -158,7 +158,16 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
     headers = signed_in(local_app.url)
     with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
         started = time.monotonic()
-        run = local_app.up("--tags", "app", "-e", json.dumps(broken), "-e", "app_readiness_window=45")
+        run = local_app.up(
+            "--tags",
+            "app",
+            "-e",
+            f"app_image_tag={before}",
+            "-e",
+            json.dumps(broken),
+            "-e",
+            "app_readiness_window=45",
+        )
         restored = time.monotonic() - started
     assert run.rc != 0, "the run fails, naming the reason"
     assert "not ready" in run.output or "ReadinessTimeout" in run.output, run.output
