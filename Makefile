@@ -48,7 +48,7 @@ down: $(VENV)/.synced ## remove the local cluster `make up` made, with its data
 .PHONY: test
 test: bootstrap lint ## all offline test tiers (unit, integration, ...), after the linters
 	@start=$$(date +%s); \
-	$(PY) -m pytest -m "$(PYTEST_MARKERS)" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); \
+	$(PY) -m pytest -m "$(PYTEST_MARKERS)" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS); \
 	echo "make test: pytest took $$(( $$(date +%s) - start ))s"
 
 .PHONY: bootstrap

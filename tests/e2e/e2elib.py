@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -108,6 +109,8 @@ class Load:
     target_rate: float = 0.0  # requests per second to aim at, over all workers (0: as fast as answered)
     sent: int = 0
     failures: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)  # time.time() of each failure
+    logs: PodLogs | None = None  # the pods' warnings meanwhile, if the caller follows them
     seconds: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -140,6 +143,7 @@ class Load:
                     self.sent += 1
                     if failure:
                         self.failures.append(failure)
+                        self.failed_at.append(time.time())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -150,6 +154,65 @@ class Load:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds else 0.0
+
+
+class PodLogs:
+    """Follows the node's container logs (kubelet's podLogsDir) of the namespace's pods whose
+    name starts with one of `prefixes`, from pods that start or stop meanwhile too, and keeps
+    the warning and error lines: printed next to a failed request, they name its cause (a pod's
+    logs go with the pod, so they are read while it runs)."""
+
+    LEVEL = re.compile(r'"level": ?"(warning|error|critical)"|level=(warning|error|fatal)', re.IGNORECASE)
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.root = Path(status()["dir"]) / "pod-logs"
+        self.prefixes = tuple(f"{NAMESPACE}_{prefix}" for prefix in prefixes)
+        self.lines: list[tuple[float, str]] = []  # (time.time() it was written, "pod/container: line")
+        self._offsets: dict[Path, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> PodLogs:
+        self._scan(keep=False)  # only what is written from now on
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._scan()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(0.5):
+            self._scan()
+
+    def _scan(self, keep: bool = True) -> None:
+        for path in self.root.glob("*/*/*.log"):
+            if not path.parts[-3].startswith(self.prefixes):
+                continue
+            try:
+                with path.open("rb") as log:
+                    log.seek(self._offsets.get(path, 0))
+                    chunk = log.read()
+            except OSError:  # the pod and its logs went
+                continue
+            done = chunk.rfind(b"\n") + 1
+            self._offsets[path] = self._offsets.get(path, 0) + done
+            if keep:
+                pod, container = path.parts[-3].split("_")[1], path.parts[-2]
+                for line in chunk[:done].decode(errors="replace").splitlines():
+                    if self.LEVEL.search(line):
+                        # CRI log lines start with their RFC 3339 time (nanoseconds, Z)
+                        written = datetime.fromisoformat(line.split(" ", 1)[0][:26] + "+00:00")
+                        self.lines.append((written.timestamp(), f"{pod}/{container}: {line}"))
+
+    def around(self, times: list[float], before: float = 20.0, after: float = 2.0) -> list[str]:
+        """The kept lines written from `before` s ahead of the first of `times` to `after` s past
+        the last, in time order."""
+        if not times:
+            return []
+        start, end = min(times) - before, max(times) + after
+        return [line for written, line in sorted(self.lines) if start <= written <= end]
 
 
 def endpoint_programming() -> str:

@@ -17,6 +17,7 @@ the rollout, and a new tag is what makes one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -29,7 +30,7 @@ from todo_shared.auth import SESSION_COOKIE
 
 from testkit.node import LocalCluster, status
 
-from .e2elib import NAMESPACE, EventStream, Load, endpoint_programming, record, signed_in
+from .e2elib import NAMESPACE, EventStream, Load, PodLogs, endpoint_programming, record, signed_in
 
 # The first test of the suite also waits for `make up` (the package fixture), up to ~5 min.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -50,6 +51,33 @@ def browser(headers: dict[str, str]) -> dict[str, str]:
     """The bearer user's requests with its session cookie too, as the web's pages need it."""
     token = headers["Authorization"].removeprefix("Bearer ")
     return {**headers, "Cookie": f"{SESSION_COOKIE}={token}"}
+
+
+@contextlib.contextmanager
+def traffic(local_app, headers: dict[str, str]):
+    """TRAFFIC at RATE through the edge as `headers`' user; yields the `Load`, whose `logs` are
+    the web's and the api's warning and error lines meanwhile."""
+    with (
+        PodLogs(("todo-web", "todo-api")) as logs,
+        Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load,
+    ):
+        load.logs = logs
+        yield load
+
+
+def served(load: Load, failures: list[str] | None = None) -> None:
+    """Every request answered as expected, at SC-002's rate; else the failures and the logs'
+    warnings and errors of the seconds before them, which name their cause."""
+    failures = load.failures + (failures or [])
+    errors = sum("api answered an error" in line or "api unreachable" in line for _, line in load.logs.lines)
+    print(
+        f"\nload: {load.sent} requests, {load.rate:.0f}/s; web -> api errors: {errors} (a read is sent twice)"
+    )
+    print(endpoint_programming())
+    assert failures == [], "\n".join(
+        [f"{len(failures)} failed: {failures[:20]}", *load.logs.around(load.failed_at)]
+    )
+    assert load.rate >= 50, f"{load.rate:.0f} requests/s"
 
 
 def running_tag(local_app) -> str:
@@ -125,7 +153,7 @@ def test_l3_sc002_a_new_version_rolls_out_with_zero_failed_requests_and_no_misse
     headers = signed_in(local_app.url)
     streams = [EventStream(local_app.url, headers) for _ in range(2)]
     try:
-        with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
+        with traffic(local_app, headers) as load:
             time.sleep(3)
             creator = Creator(local_app.url, headers)
             started = time.monotonic()
@@ -135,10 +163,8 @@ def test_l3_sc002_a_new_version_rolls_out_with_zero_failed_requests_and_no_misse
             creator.stop()
         assert run.rc == 0, run.output
         assert running_tag(local_app) == new
-        print(f"\nload: {load.sent} requests, {load.rate:.0f}/s; {len(creator.ids)} tasks created")
-        print(endpoint_programming())
-        assert load.failures + creator.failures == [], (load.failures + creator.failures)[:20]
-        assert load.rate >= 50, f"{load.rate:.0f} requests/s"
+        print(f"\n{len(creator.ids)} tasks created")
+        served(load, creator.failures)
         assert creator.ids
         for stream in streams:
             missing = set(creator.ids) - received(stream, set(creator.ids), timeout=60)
@@ -156,7 +182,7 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
     # finish in a microsecond. Only the api changes, so only the api rolls out and back.
     broken = {"app_extra_values": {"services": {"api": {"env": {BROKEN: "0.000001"}}}}}
     headers = signed_in(local_app.url)
-    with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
+    with traffic(local_app, headers) as load:
         started = time.monotonic()
         run = local_app.up(
             "--tags",
@@ -182,9 +208,7 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
     record("failed release: detection to the previous version restored (SC-007)", recovery)
     record("failed release: run start to the previous version restored", restored)
     assert recovery < 300, f"SC-007: restored {recovery:.0f} s after the detection"
-    print(f"\nload: {load.sent} requests, {load.rate:.0f}/s; {endpoint_programming()}")
-    assert load.failures == [], load.failures[:20]
-    assert load.rate >= 50, f"{load.rate:.0f} requests/s"
+    served(load)
     # The previous revision runs again: no api pod left with the broken setting.
     pods = client.CoreV1Api(local_app.client()).list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/component=api"
@@ -199,12 +223,11 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
 def test_l3_the_rollback_playbook_returns_to_the_first_revision_under_traffic(local_app):
     first_tag = local_app.first_tag
     headers = signed_in(local_app.url)
-    with Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load:
+    with traffic(local_app, headers) as load:
         started = time.monotonic()
         run = local_app.playbook("playbooks/rollback.yml", "-e", "app_rollback_to=1")
         took = time.monotonic() - started
     assert run.rc == 0, run.output
     assert running_tag(local_app) == first_tag
     record("rollback playbook to revision 1", took)
-    print(f"\nload: {load.sent} requests, {load.rate:.0f}/s; {endpoint_programming()}")
-    assert load.failures == [], load.failures[:20]
+    served(load)

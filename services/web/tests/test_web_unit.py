@@ -383,7 +383,7 @@ async def test_with_a_sidecar_calls_go_through_dapr_service_invocation():
     token = secrets.token_urlsafe(24)
     settings = WebSettings(dapr_http_port=3500, dapr_api_token=token)
     dapr = DaprClient.from_settings(settings, transport=httpx.MockTransport(sidecar))
-    client = ApiClient(dapr=dapr, app_id=settings.api_app_id)
+    client = ApiClient(dapr=dapr, app_id=settings.api_app_id, answered_window=0)  # always probe
     try:
         page = await client.list_tasks("user-jwt", {"status": "open", "q": "", "limit": 20})
         assert page["total"] == 0
@@ -413,5 +413,57 @@ async def test_a_sidecar_that_answers_5xx_or_nothing_makes_the_api_unavailable()
             await client.list_tasks("t", {})
         with pytest.raises(ApiUnavailable):
             await client.get_task("t", "00000000-0000-0000-0000-000000000000")
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_read_that_meets_an_unavailable_api_is_sent_once_more_and_a_write_never():
+    """The sidecar stand-in fails each path's first call (a 500 from Dapr, then a refused
+    connection): the list is read on its second try; the create fails at once, sent once."""
+    seen: list[str] = []
+
+    def sidecar(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path.rsplit('/', 1)[1]}")
+        if seen.count(seen[-1]) > 1:
+            return httpx.Response(200, json={"items": [], "total": 0, "limit": 20, "offset": 0})
+        if request.method == "GET":
+            return httpx.Response(500, json={"errorCode": "ERR_DIRECT_INVOKE"})
+        raise httpx.ConnectError("refused", request=request)
+
+    client = ApiClient(dapr=DaprClient(3500, transport=httpx.MockTransport(sidecar)))
+    try:
+        assert (await client.list_tasks("t", {}))["total"] == 0
+        with pytest.raises(ApiUnavailable):
+            await client.create_task("t", {"title": "once"})
+    finally:
+        await client.aclose()
+    assert seen == ["GET tasks", "GET tasks", "POST tasks"]
+
+
+@pytest.mark.asyncio
+async def test_a_recent_answer_of_the_api_makes_the_web_ready_without_a_probe_of_its_own():
+    """Readiness checks the api only when no call was answered in the window: a slow probe
+    under load must not take every web pod out while their pages are being served."""
+    seen: list[str] = []
+
+    def sidecar(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/tasks"):
+            return httpx.Response(500 if len(seen) > 3 else 200, json={"items": [], "total": 0})
+        return httpx.Response(204 if "healthz/outbound" in request.url.path else 200)
+
+    client = ApiClient(dapr=DaprClient(3500, transport=httpx.MockTransport(sidecar)), answered_window=60)
+    try:
+        await client.readiness_check()  # nothing answered yet: probes the sidecar and the api
+        assert seen == ["/v1.0/healthz/outbound", "/v1.0/invoke/api/method/healthz"]
+        await client.list_tasks("t", {})
+        await client.readiness_check()  # the list was answered: no probe
+        assert len(seen) == 3
+        client.answered_at -= 61  # the answer is older than the window
+        with pytest.raises(ApiUnavailable):
+            await client.list_tasks("t", {})  # answered 500 twice: no proof of life
+        await client.readiness_check()
+        assert seen[-2:] == ["/v1.0/healthz/outbound", "/v1.0/invoke/api/method/healthz"]
     finally:
         await client.aclose()

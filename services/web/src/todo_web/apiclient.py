@@ -10,13 +10,16 @@ with ``dapr-api-token`` when ``DAPR_API_TOKEN`` is set); without one they go str
 Answers the api gives on purpose (4xx, with an RFC 9457 problem body) raise `ApiError`,
 which carries the problem's ``detail`` and its field errors so the page can show them next
 to the form fields. Transport failures and 5xx answers raise `ApiUnavailable`: the page
-shows "try again" and keeps what the user typed.
+shows "try again" and keeps what the user typed. Reads are sent a second time first
+(`ApiClient.request`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +33,8 @@ from todo_web.settings import WebSettings
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+RETRY_PAUSE = 0.2  # seconds before a failed read is sent again
+ANSWERED_WINDOW = 10.0  # seconds an answer of the api counts as proof that it is reachable
 
 
 def _field_name(error: dict[str, Any]) -> str | None:
@@ -117,12 +122,15 @@ class ApiClient:
         http: httpx.AsyncClient | None = None,
         dapr: DaprClient | None = None,
         app_id: str = "api",
+        answered_window: float = ANSWERED_WINDOW,
     ) -> None:
         if (http is None) == (dapr is None):
             raise ValueError("give exactly one of http (direct) or dapr (service invocation)")
         self.http = http
         self.dapr = dapr
         self.app_id = app_id
+        self.answered_window = answered_window
+        self.answered_at = float("-inf")  # time.monotonic() of the api's last answer below 500
 
     @classmethod
     def from_settings(cls, settings: WebSettings) -> ApiClient:
@@ -158,20 +166,25 @@ class ApiClient:
         """The raw answer, whatever its status; `ApiUnavailable` if nothing answered."""
         try:
             if self.dapr is not None:
-                return await self.dapr.invoke(
+                response = await self.dapr.invoke(
                     self.app_id, method, path, json=json, params=params, headers=headers
                 )
-            assert self.http is not None
-            sent = dict(headers or {})
-            request_id = request_id_var.get()
-            if request_id:
-                sent.setdefault("x-request-id", request_id)
-            return await self.http.request(method, path, json=json, params=params, headers=sent)
+            else:
+                assert self.http is not None
+                sent = dict(headers or {})
+                request_id = request_id_var.get()
+                if request_id:
+                    sent.setdefault("x-request-id", request_id)
+                response = await self.http.request(method, path, json=json, params=params, headers=sent)
         except (httpx.HTTPError, DaprError) as exc:
             log.warning(
-                "api unreachable", extra={"method": method, "path": path, "error": type(exc).__name__}
+                "api unreachable",
+                extra={"method": method, "path": path, "error": f"{type(exc).__name__}: {exc}"},
             )
             raise ApiUnavailable(f"{method} {path}: {type(exc).__name__}") from exc
+        if response.status_code < 500:
+            self.answered_at = time.monotonic()
+        return response
 
     async def request(
         self,
@@ -182,19 +195,42 @@ class ApiClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
     ) -> httpx.Response:
-        """One call; raises `ApiError` for 4xx and `ApiUnavailable` for transport errors and 5xx."""
+        """One call; raises `ApiError` for 4xx and `ApiUnavailable` for transport errors and 5xx.
+
+        A read (GET) that finds the api unavailable is sent once more after `RETRY_PAUSE`, as an
+        ingress retries an idempotent request on another upstream: a caller's sidecar keeps one
+        connection to one api pod, and the call that meets that pod's stop goes out again on a
+        new connection to a running one. Writes are never repeated (the user sees "try again").
+        """
         headers = {"accept": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"
         if params:
             params = {k: v for k, v in params.items() if v not in (None, "")}
-        response = await self.send(method, path, json=json, params=params, headers=headers)
-        if response.status_code >= 500:
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(RETRY_PAUSE)
+            try:
+                response = await self.send(method, path, json=json, params=params, headers=headers)
+            except ApiUnavailable:
+                if attempt == attempts:
+                    raise
+                continue
+            if response.status_code < 500:
+                break
             log.warning(
                 "api answered an error",
-                extra={"method": method, "path": path, "status": response.status_code},
+                extra={
+                    "method": method,
+                    "path": path,
+                    "status": response.status_code,
+                    "attempt": attempt,
+                    "answer": response.text[:300],
+                },
             )
-            raise ApiUnavailable(f"{method} {path}: HTTP {response.status_code}")
+            if attempt == attempts:
+                raise ApiUnavailable(f"{method} {path}: HTTP {response.status_code}")
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -264,7 +300,15 @@ class ApiClient:
         return list(body)
 
     async def readiness_check(self) -> None:
-        """Raises unless the api answers its liveness probe (and, with Dapr, the sidecar is ready)."""
+        """Raises unless the api answered a call in the last `answered_window` seconds, or
+        answers its liveness probe now (and, with Dapr, the sidecar is ready).
+
+        Real calls count: under load the probe's own call can be slower than the readiness
+        timeout while pages are served, and failing it would take every web pod out of the
+        Service at once (the api is the same for all of them), turning a slow api into an
+        edge that answers 502 for every page, the sign-in page too."""
+        if time.monotonic() - self.answered_at < self.answered_window:
+            return
         if self.dapr is not None:
             await self.dapr.readiness_check()
         response = await self.send("GET", "/healthz")

@@ -2,7 +2,8 @@
 plus the pages, the static files and HTML error pages for browsers.
 
 ``GET /readyz`` checks that the api answers (through the Dapr sidecar when there is one,
-which also checks the sidecar). The api client lives for the app's lifetime.
+which also checks the sidecar); an answer to a page's call in the last seconds counts
+(`ApiClient.readiness_check`). The api client lives for the app's lifetime.
 """
 
 from __future__ import annotations
