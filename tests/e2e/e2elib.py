@@ -202,9 +202,16 @@ class PodLogs:
                 pod, container = path.parts[-3].split("_")[1], path.parts[-2]
                 for line in chunk[:done].decode(errors="replace").splitlines():
                     if self.LEVEL.search(line):
-                        # CRI log lines start with their RFC 3339 time (nanoseconds, Z)
-                        written = datetime.fromisoformat(line.split(" ", 1)[0][:26] + "+00:00")
-                        self.lines.append((written.timestamp(), f"{pod}/{container}: {line}"))
+                        self.lines.append((self._written(line), f"{pod}/{container}: {line}"))
+
+    @staticmethod
+    def _written(line: str) -> float:
+        """A CRI log line's time (its first field: RFC 3339 in UTC, up to nanoseconds)."""
+        whole, _, fraction = line.partition(" ")[0].rstrip("Z").partition(".")
+        try:
+            return datetime.fromisoformat(f"{whole}.{fraction[:6]:0<6}+00:00").timestamp()
+        except ValueError:
+            return time.time()
 
     def around(self, times: list[float], before: float = 20.0, after: float = 2.0) -> list[str]:
         """The kept lines written from `before` s ahead of the first of `times` to `after` s past
