@@ -3,9 +3,10 @@ with the real staging and production inventories, against the control-plane fixt
 real API server and controllers, pods simulated by kwok). Only the cluster connection, the
 smoke-check mode (kwok pods cannot answer HTTP) and the timeouts are overridden.
 
-Proves: a second run changes nothing; `--check --diff` writes nothing and shows the change
-object by object; staging runs (check mode, a changed Secret, an upgrade) leave every
-production object untouched (FR-013, SC-008); a first install that fails is removed cleanly.
+Proves, in one staging history beside a production install: a first install that fails is
+removed cleanly and the next good version installs normally; a second run changes nothing;
+`--check --diff` writes nothing and shows the change object by object; staging runs (check
+mode, a changed Secret, an upgrade) leave every production object untouched (FR-013, SC-008).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,15 +66,6 @@ def environments(k8s):
     yield
     for env in ("staging", "production"):
         k8s.core.delete_namespace(f"todo-{env}")
-    # The next test reuses the names: wait until the namespace controller has removed them.
-    deadline = time.monotonic() + 120
-    while any(
-        ns.metadata.name in ("todo-staging", "todo-production") for ns in k8s.core.list_namespace().items
-    ):
-        assert time.monotonic() < deadline, (
-            "namespaces todo-staging/todo-production were not removed in 120 s"
-        )
-        time.sleep(0.5)
 
 
 def _images(k8s, namespace: str) -> set[str]:
@@ -87,54 +78,28 @@ def _images(k8s, namespace: str) -> set[str]:
 
 
 @pytest.mark.timeout(1500)
-def test_site_app_is_idempotent_check_mode_writes_nothing_and_staging_never_touches_production(
+def test_site_app_removes_failed_first_install_is_idempotent_check_writes_nothing_staging_spares_production(
     k8s, controlplane, environments, tmp_path
 ):
+    """One staging history, production deployed beside it (rung L2):
+    1. a first staging install of a version that never becomes ready fails, and is removed
+       cleanly: no Helm release, Deployment or Service is left and the deploy Lease is free;
+    2. the next good version installs normally, and a second run with it changes nothing;
+    3. `--check --diff` shows the change object by object and writes nothing;
+    4. neither `--check`, nor a changed staging Secret and a staging upgrade, changes any
+       production object (FR-013, SC-008)."""
     site = Site(controlplane.kubeconfig_path, controlplane.context, tmp_path)
+    never_ready = {"app_extra_values": {"podAnnotations": {"todo.test/behaviour": "never-ready"}}}
     # Each environment is deployed by its own run; both at once, as two pipelines would.
     with ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(site.run, env, "-e", "app_image_tag=1.0.0") for env in ("production", "staging")]
-        for run in runs:
-            run.result()
+        production_run = pool.submit(site.run, "production", "-e", "app_image_tag=1.0.0")
+        failed_run = pool.submit(
+            site.run, "staging", "-e", "app_image_tag=0.9.0", "-e", json.dumps(never_ready), expect_rc=2
+        )
+        production_run.result()
+        output = failed_run.result()
 
-    # A second run with the same inputs changes nothing.
-    assert _changed(site.run("staging", "-e", "app_image_tag=1.0.0")) == 0
-
-    production = _snapshot(k8s, "todo-production")
-    staging = _snapshot(k8s, "todo-staging")
-
-    # --check --diff: reports the change, shows it object by object, writes nothing.
-    output = site.run("staging", "--check", "--diff", "-e", "app_image_tag=1.1.0")
-    assert _changed(output) > 0
-    diff_images = re.findall(r"^\+\s+image: \S+todo-(\w+):1\.1\.0", output, re.MULTILINE)
-    assert sorted(set(diff_images)) == ["api", "gateway", "notifier", "web"], output[-6000:]
-    assert re.findall(r"^-\s+image: \S+todo-api:1\.0\.0", output, re.MULTILINE), output[-6000:]
-    assert "todo-production" not in output
-    assert _snapshot(k8s, "todo-staging") == staging
-    assert _snapshot(k8s, "todo-production") == production
-    assert _images(k8s, "todo-staging") == {"1.0.0"}
-
-    # A changed staging Secret and a staging upgrade leave production as it was (SC-008).
-    auth = next(s for s in app_secrets("staging") if s["name"].endswith("-auth"))
-    k8s.core.patch_namespaced_secret(auth["name"], "todo-staging", {"stringData": app_secret_values(auth)})
-    site.run("staging", "-e", "app_image_tag=1.1.0")
-    assert _images(k8s, "todo-staging") == {"1.1.0"}
-    assert _images(k8s, "todo-production") == {"1.0.0"}
-    assert _snapshot(k8s, "todo-production") == production
-
-
-@pytest.mark.timeout(900)
-def test_a_failed_first_install_is_removed_cleanly(k8s, controlplane, environments, tmp_path):
-    site = Site(controlplane.kubeconfig_path, controlplane.context, tmp_path)
-    never_ready = json.dumps({"podAnnotations": {"todo.test/behaviour": "never-ready"}})
-    output = site.run(
-        "staging",
-        "-e",
-        "app_image_tag=1.0.0",
-        "-e",
-        json.dumps({"app_extra_values": json.loads(never_ready)}),
-        expect_rc=2,
-    )
+    # The failed first install is removed cleanly.
     assert "removed (it was a first install)" in output, output[-4000:]
     releases = subprocess.run(
         [
@@ -159,6 +124,31 @@ def test_a_failed_first_install_is_removed_cleanly(k8s, controlplane, environmen
     assert k8s.core.list_namespaced_service("todo-staging").items == []
     leases = k8s.coordination.list_namespaced_lease("todo-staging").items
     assert [lease.spec.holder_identity for lease in leases if lease.spec.holder_identity] == []
-    # The next deploy of a good version installs normally.
-    site.run("staging", "-e", "app_image_tag=1.0.1")
-    assert _images(k8s, "todo-staging") == {"1.0.1"}
+
+    # The next deploy of a good version installs normally; a second run changes nothing.
+    site.run("staging", "-e", "app_image_tag=1.0.0")
+    assert _images(k8s, "todo-staging") == {"1.0.0"}
+    assert _changed(site.run("staging", "-e", "app_image_tag=1.0.0")) == 0
+    # Production's objects as its install left them (taken a run later, as its controllers
+    # settle), then staging's.
+    production = _snapshot(k8s, "todo-production")
+    staging = _snapshot(k8s, "todo-staging")
+
+    # --check --diff: reports the change, shows it object by object, writes nothing.
+    output = site.run("staging", "--check", "--diff", "-e", "app_image_tag=1.1.0")
+    assert _changed(output) > 0
+    diff_images = re.findall(r"^\+\s+image: \S+todo-(\w+):1\.1\.0", output, re.MULTILINE)
+    assert sorted(set(diff_images)) == ["api", "gateway", "notifier", "web"], output[-6000:]
+    assert re.findall(r"^-\s+image: \S+todo-api:1\.0\.0", output, re.MULTILINE), output[-6000:]
+    assert "todo-production" not in output
+    assert _snapshot(k8s, "todo-staging") == staging
+    assert _snapshot(k8s, "todo-production") == production
+    assert _images(k8s, "todo-staging") == {"1.0.0"}
+
+    # A changed staging Secret and a staging upgrade leave production as it was (SC-008).
+    auth = next(s for s in app_secrets("staging") if s["name"].endswith("-auth"))
+    k8s.core.patch_namespaced_secret(auth["name"], "todo-staging", {"stringData": app_secret_values(auth)})
+    site.run("staging", "-e", "app_image_tag=1.1.0")
+    assert _images(k8s, "todo-staging") == {"1.1.0"}
+    assert _images(k8s, "todo-production") == {"1.0.0"}
+    assert _snapshot(k8s, "todo-production") == production

@@ -26,7 +26,7 @@ SCENARIOS = sorted(
 
 
 def test_every_scenario_is_collected():
-    assert SCENARIOS == ["app", "cluster_doks", "monitoring", "platform", "policy", "recovery", "rollback"]
+    assert SCENARIOS == ["app", "cluster_doks", "monitoring", "platform", "policy", "recovery"]
 
 
 def _start(scenario: str, controlplane, chart_repo, workdir: Path) -> tuple[subprocess.Popen, Path]:
