@@ -473,6 +473,15 @@ class LocalCluster:
         self.ctr("images", "label", ref, f"{IMAGE_ID_LABEL}={image_id}")
         return True
 
+    def tag_image(self, ref: str, new_ref: str) -> None:
+        """`ref`, imported already, under a second name too: the same image, so nothing is
+        copied or unpacked again (a new tag is what makes a rollout)."""
+        image_id = podman_image_id(ref)
+        if not self.has_image(ref, image_id):
+            raise RuntimeError(f"{ref} (podman image {image_id[:12]}) is not in containerd: import it first")
+        self.ctr("images", "tag", "--force", ref, new_ref)
+        self.ctr("images", "label", new_ref, f"{IMAGE_ID_LABEL}={image_id}")
+
     # -- kubelet and kube-proxy -------------------------------------------------------------
     def _kubelet(self) -> None:
         self.ports["kubelet"] = free_port()

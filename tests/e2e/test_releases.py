@@ -41,10 +41,13 @@ SERVICES = ("api", "notifier", "gateway", "web")
 # rollout of the api must not break the web's calls either. 80 requests/s: over SC-002's
 # 50/s with room for a slow moment, and CPU left for the rollout itself; 32 clients, so
 # slow answers (a page waits for the api) do not hold the rate down: with 16, a full
-# `.ci/run` measured 49/s, answers taking ~0.3 s on the shared 2 cores.
+# `.ci/run` measured 49/s, answers taking ~0.3 s on the shared 2 cores. The failed release
+# and the rollback playbook prove 0 failed requests, not a rate: they send less (LIGHT), and
+# leave the CPU to the rest of the suite.
 TRAFFIC = {"/api/v1/tasks": 200, "/api/v1/notifications": 200, "/api/v1/tags": 200, "/tasks": 200}
 RATE = 80
 CLIENTS = 32
+LIGHT = {"target_rate": 20, "workers": 8}
 BROKEN = "TODO_READINESS_TIMEOUT_SECONDS"  # SC-007's never-ready api
 
 
@@ -55,20 +58,21 @@ def browser(headers: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def traffic(local_app, headers: dict[str, str]):
-    """TRAFFIC at RATE through the edge as `headers`' user; yields the `Load`, whose `logs` are
-    the web's and the api's warning and error lines meanwhile."""
+def traffic(local_app, headers: dict[str, str], target_rate: int = RATE, workers: int = CLIENTS):
+    """TRAFFIC through the edge as `headers`' user; yields the `Load`, whose `logs` are the
+    web's and the api's warning and error lines meanwhile."""
     with (
         PodLogs(("todo-web", "todo-api")) as logs,
-        Load(local_app.url, browser(headers), TRAFFIC, workers=CLIENTS, target_rate=RATE) as load,
+        Load(local_app.url, browser(headers), TRAFFIC, workers=workers, target_rate=target_rate) as load,
     ):
         load.logs = logs
         yield load
 
 
-def served(load: Load, failures: list[str] | None = None) -> None:
-    """Every request answered as expected, at SC-002's rate; else the failures and the logs'
-    warnings and errors of the seconds before them, which name their cause."""
+def served(load: Load, failures: list[str] | None = None, min_rate: float = 50) -> None:
+    """Every request answered as expected, at `min_rate` (SC-002's 50/s) or more; else the
+    failures and the logs' warnings and errors of the seconds before them, which name their
+    cause."""
     failures = load.failures + (failures or [])
     errors = sum("api answered an error" in line or "api unreachable" in line for _, line in load.logs.lines)
     print(
@@ -78,7 +82,7 @@ def served(load: Load, failures: list[str] | None = None) -> None:
     assert failures == [], "\n".join(
         [f"{len(failures)} failed: {failures[:20]}", *load.logs.around(load.failed_at)]
     )
-    assert load.rate >= 50, f"{load.rate:.0f} requests/s"
+    assert load.rate >= min_rate, f"{load.rate:.0f} requests/s"
 
 
 def running_tag(local_app) -> str:
@@ -94,15 +98,12 @@ def running_tag(local_app) -> str:
 
 
 def new_version(local_app, suffix: str) -> str:
-    """The running images tagged <tag>-<suffix>, imported into the node; the new tag."""
-    import images  # scripts/images.py (testkit puts scripts/ on sys.path)
-
+    """The running images tagged <tag>-<suffix> in the node's image store; the new tag."""
     tag = running_tag(local_app)
     new = f"{tag.split('-e2e-')[0]}-e2e-{suffix}"
     cluster = LocalCluster(workdir=Path(status()["dir"]))
     for service in SERVICES:
-        images.podman("tag", f"localhost/todo-{service}:{tag}", f"localhost/todo-{service}:{new}")
-        cluster.import_image(f"localhost/todo-{service}:{new}")
+        cluster.tag_image(f"localhost/todo-{service}:{tag}", f"localhost/todo-{service}:{new}")
     return new
 
 
@@ -183,7 +184,7 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
     # finish in a microsecond. Only the api changes, so only the api rolls out and back.
     broken = {"app_extra_values": {"services": {"api": {"env": {BROKEN: "0.000001"}}}}}
     headers = signed_in(local_app.url)
-    with traffic(local_app, headers) as load:
+    with traffic(local_app, headers, **LIGHT) as load:
         started = time.monotonic()
         run = local_app.up(
             "--tags",
@@ -193,7 +194,7 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
             "-e",
             json.dumps(broken),
             "-e",
-            "app_readiness_window=45",
+            "app_readiness_window=20",
         )
         restored = time.monotonic() - started
     assert run.rc != 0, "the run fails, naming the reason"
@@ -205,11 +206,11 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
     recovery = (
         run.ended("Wait for the restored revision") - run.ended("Wait for the rollout")
     ).total_seconds()
-    record("failed release: rollout_wait's verdict (readiness window 45 s)", detected)
+    record("failed release: rollout_wait's verdict (readiness window 20 s)", detected)
     record("failed release: detection to the previous version restored (SC-007)", recovery)
     record("failed release: run start to the previous version restored", restored)
     assert recovery < 300, f"SC-007: restored {recovery:.0f} s after the detection"
-    served(load)
+    served(load, min_rate=15)
     # The previous revision runs again: no api pod left with the broken setting.
     pods = client.CoreV1Api(local_app.client()).list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/component=api"
@@ -224,11 +225,11 @@ def test_l3_sc007_a_release_that_never_gets_ready_is_rolled_back_while_the_old_o
 def test_l3_the_rollback_playbook_returns_to_the_first_revision_under_traffic(local_app):
     first_tag = local_app.first_tag
     headers = signed_in(local_app.url)
-    with traffic(local_app, headers) as load:
+    with traffic(local_app, headers, **LIGHT) as load:
         started = time.monotonic()
         run = local_app.playbook("playbooks/rollback.yml", "-e", "app_rollback_to=1")
         took = time.monotonic() - started
     assert run.rc == 0, run.output
     assert running_tag(local_app) == first_tag
     record("rollback playbook to revision 1", took)
-    served(load)
+    served(load, min_rate=15)
