@@ -36,7 +36,7 @@ Targets the figures are read against: create p99 < 50 ms at the measured rate; a
 throughput >= 30% of pgbench's rate for BEGIN, task INSERT, outbox INSERT, COMMIT.
 
 Usage: python -m bench.api [--concurrency 8] [--users-per-connection 8] [--duration 10]
-                           [--warmup 2] [--replicas 2]
+                           [--warmup 2] [--replicas 2] [--api-env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -355,7 +355,9 @@ def start_sidecar() -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def start_api(dsn: str, sidecar_port: int, log_dir: Path, index: int) -> tuple[subprocess.Popen, int]:
+def start_api(
+    dsn: str, sidecar_port: int, log_dir: Path, index: int, extra_env: dict[str, str]
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = base_env()
     env.update(
@@ -366,6 +368,7 @@ def start_api(dsn: str, sidecar_port: int, log_dir: Path, index: int) -> tuple[s
             "TODO_DATABASE_URL": dsn,
             "TODO_DB_POOL_SIZE": "10",
             "DAPR_HTTP_PORT": str(sidecar_port),
+            **extra_env,
         }
     )
     log = (log_dir / f"api-{index}.log").open("w")
@@ -587,7 +590,19 @@ def main() -> None:
         default=2,
         help="api processes, one per pod as in production (the chart runs 2); the client spreads connections",
     )
+    parser.add_argument(
+        "--api-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the api processes, e.g. TODO_OUTBOX_COALESCE_SECONDS=0.05 (repeatable); "
+        "with TODO_OUTBOX_RELAY_ENABLED=false the create phase does not wait for the outbox",
+    )
     args = parser.parse_args()
+    if bad := [item for item in args.api_env if "=" not in item]:
+        parser.error(f"--api-env takes NAME=VALUE, not {bad[0]!r}")
+    extra_env = dict(item.split("=", 1) for item in args.api_env)
+    relay_on = extra_env.get("TODO_OUTBOX_RELAY_ENABLED", "true").lower() != "false"
 
     sys.path.insert(0, str(ROOT))
     import uvloop
@@ -599,6 +614,7 @@ def main() -> None:
         f"bench/api.py: {os.cpu_count()} CPUs, concurrency {args.concurrency}, "
         f"{args.users_per_connection} user(s) per connection, {args.replicas} api process(es); "
         f"1-minute load average at the start: {load_average()}"
+        + (f"; api settings: {extra_env}" if extra_env else "")
     )
     with Postgres.create() as pg, tempfile.TemporaryDirectory(prefix="todo-bench-") as tmp:
         workdir = Path(tmp)
@@ -608,7 +624,7 @@ def main() -> None:
         migrate.upgrade(raw_dsn)
 
         sidecar, sidecar_port = start_sidecar()
-        apis = [start_api(api_dsn, sidecar_port, workdir, i) for i in range(args.replicas)]
+        apis = [start_api(api_dsn, sidecar_port, workdir, i, extra_env) for i in range(args.replicas)]
         try:
             for proc, port in apis:
                 wait_ready(port, proc)
@@ -634,7 +650,7 @@ def main() -> None:
                     args.duration,
                     args.warmup,
                     meter,
-                    settle=outbox_drain(api_dsn),
+                    settle=outbox_drain(api_dsn) if relay_on else None,
                 )
                 listing = await run_phase(
                     "api list (GET, 20)", targets, tokens, list_request, args.duration, args.warmup, meter
