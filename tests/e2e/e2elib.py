@@ -157,16 +157,24 @@ class Load:
 
 
 class PodLogs:
-    """Follows the node's container logs (kubelet's podLogsDir) of the namespace's pods whose
-    name starts with one of `prefixes`, from pods that start or stop meanwhile too, and keeps
-    the warning and error lines: printed next to a failed request, they name its cause (a pod's
+    """Follows the node's container logs (kubelet's podLogsDir) of the pods whose name starts
+    with one of `prefixes` ("<pod prefix>" in the app's namespace, or "<namespace>/<pod
+    prefix>"), from pods that start or stop meanwhile too, and keeps the warning and error
+    lines (nginx's too; only the errors of the daprd sidecars, whose start-up warns about
+    nothing that matters here): printed next to a failed request, they name its cause (a pod's
     logs go with the pod, so they are read while it runs)."""
 
-    LEVEL = re.compile(r'"level": ?"(warning|error|critical)"|level=(warning|error|fatal)', re.IGNORECASE)
+    LEVEL = re.compile(
+        r'"level": ?"(warning|error|critical)"|level=(warning|error|fatal)|\[(warn|error|crit|alert|emerg)\]',
+        re.IGNORECASE,
+    )
+    ERROR = re.compile(r'"level": ?"(error|fatal)"', re.IGNORECASE)
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         self.root = Path(status()["dir"]) / "pod-logs"
-        self.prefixes = tuple(f"{NAMESPACE}_{prefix}" for prefix in prefixes)
+        self.prefixes = tuple(
+            prefix.replace("/", "_") if "/" in prefix else f"{NAMESPACE}_{prefix}" for prefix in prefixes
+        )
         self.lines: list[tuple[float, str]] = []  # (time.time() it was written, "pod/container: line")
         self._offsets: dict[Path, int] = {}
         self._stop = threading.Event()
@@ -201,7 +209,7 @@ class PodLogs:
             if keep:
                 pod, container = path.parts[-3].split("_")[1], path.parts[-2]
                 for line in chunk[:done].decode(errors="replace").splitlines():
-                    if self.LEVEL.search(line):
+                    if (self.ERROR if container == "daprd" else self.LEVEL).search(line):
                         self.lines.append((self._written(line), f"{pod}/{container}: {line}"))
 
     @staticmethod

@@ -60,9 +60,9 @@ def browser(headers: dict[str, str]) -> dict[str, str]:
 @contextlib.contextmanager
 def traffic(local_app, headers: dict[str, str], target_rate: int = RATE, workers: int = CLIENTS):
     """TRAFFIC through the edge as `headers`' user; yields the `Load`, whose `logs` are the
-    web's and the api's warning and error lines meanwhile."""
+    web's, the api's and the edge's warning and error lines meanwhile."""
     with (
-        PodLogs(("todo-web", "todo-api")) as logs,
+        PodLogs(("todo-web", "todo-api", "todo-data/todo-edge")) as logs,
         Load(local_app.url, browser(headers), TRAFFIC, workers=workers, target_rate=target_rate) as load,
     ):
         load.logs = logs
