@@ -89,11 +89,6 @@ class Service:
     def stop(self) -> None:
         self.process.stop(grace=20)  # SIGTERM: the service drains, then exits
 
-    def restart(self, timeout: float = 60) -> None:
-        self.stop()
-        self.process.start()
-        self.wait_ready(timeout)
-
 
 @dataclass
 class Stack:

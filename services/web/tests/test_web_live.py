@@ -5,6 +5,9 @@ another, and a reminder reaches the bell. No stand-ins. Rung L2 (processes, not 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -42,6 +45,20 @@ def tabs(browser, app_stack):
     context.close()
 
 
+def event_path_log(stack) -> str:
+    """The api's, the gateway's and the web's log of the last 15 s, in time order: where a
+    change stopped on its way to the other tab."""
+    since = (datetime.now(UTC) - timedelta(seconds=15)).isoformat(timespec="milliseconds")
+    lines = []
+    for name in ("api", "gateway", "web"):
+        for line in (stack.folder / "logs" / f"{name}.log").read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                record = json.loads(line)
+                if record["time"] >= since and not record.get("path", "").endswith(("/healthz", "/readyz")):
+                    lines.append((record["time"], f"{name}: {record['message']}"))
+    return "\n".join(f"{at} {text}" for at, text in sorted(lines))
+
+
 def test_a_change_in_one_tab_appears_live_in_the_other_and_a_reminder_rings_the_bell(tabs, app_stack):
     first = tabs.new_page()
     email = sign_up(first, "two-tabs")
@@ -52,9 +69,16 @@ def test_a_change_in_one_tab_appears_live_in_the_other_and_a_reminder_rings_the_
 
     first.goto("/tasks/new")
     first.get_by_label("Title").fill("Typed in the first tab")
-    started = time.monotonic()
     first.get_by_role("button", name="Create task").click()
-    expect(second.locator(".task", has_text="Typed in the first tab")).to_have_count(1)
+    # The task is committed once the first tab is sent back to the list. Timed from there:
+    # on a loaded CI machine the browser alone took seconds from the click to the POST.
+    expect(first).to_have_url(re.compile(r"/tasks$"))
+    started = time.monotonic()
+    try:
+        # 2 s is the spec's target (bench/gateway.py measures it); the margin is for CI's load.
+        expect(second.locator(".task", has_text="Typed in the first tab")).to_have_count(1, timeout=10_000)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\n{event_path_log(app_stack)}") from None
     seen_after = time.monotonic() - started
     expect(second.get_by_role("status")).to_contain_text("“Typed in the first tab” was added.")
     shot(second, "20-live-second-tab", full_page=False)
@@ -74,4 +98,4 @@ def test_a_change_in_one_tab_appears_live_in_the_other_and_a_reminder_rings_the_
         expect(page.locator("[data-bell-count]")).to_have_text("1", timeout=40_000)
     expect(second.get_by_role("status")).to_contain_text("Call the plumber")
     shot(second, "21-live-reminder", full_page=False)
-    print(f"task visible in the second tab {seen_after:.2f}s after the click")
+    print(f"task visible in the second tab {seen_after:.2f}s after the first was back on the list")
