@@ -23,7 +23,7 @@ import sys, time
 from testkit.node import LocalCluster
 cluster = LocalCluster.create()
 cluster.start(wait=300)
-print(cluster.workdir, flush=True)
+print(f"workdir={cluster.workdir}", flush=True)
 time.sleep(3600)
 """
 
@@ -42,8 +42,13 @@ def test_l3_a_killed_owner_leaves_nothing_after_the_next_start():
     )
     try:
         assert owner.stdout is not None
-        workdir = Path(owner.stdout.readline().strip())
-        assert workdir.name.startswith(PREFIX) and workdir.is_dir(), "the cluster started"
+        said = []  # on a cold machine the start builds images first, and says so
+        for line in owner.stdout:
+            said.append(line)
+            if line.startswith("workdir="):
+                break
+        workdir = Path(said[-1].removeprefix("workdir=").strip() if said else "")
+        assert workdir.name.startswith(PREFIX) and workdir.is_dir(), f"the cluster started: {''.join(said)}"
         assert node_processes(workdir)
     finally:
         owner.kill()

@@ -103,7 +103,16 @@ def playbook(name: str, kubeconfig: Path, *extra: str, timeout: float = 900) -> 
         argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     report = json.loads(proc.stdout[proc.stdout.index("{") :]) if "{" in proc.stdout else {}
-    return Run(proc.returncode, report, proc.stdout[-4000:] + proc.stderr[-4000:], time.monotonic() - started)
+    failed = [
+        f"FAILED {entry['task']['name']}: {result.get('msg', '')}"
+        for play in report.get("plays", [])
+        for entry in play["tasks"]
+        for result in entry["hosts"].values()
+        if result.get("failed")
+    ]
+    # The report's end (the stats) and, first, what failed: a failure's message is far from the end.
+    output = "\n".join([*failed, proc.stdout[-4000:] + proc.stderr[-4000:]])
+    return Run(proc.returncode, report, output, time.monotonic() - started)
 
 
 @pytest.fixture(scope="package")
