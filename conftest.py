@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import collections
 import os
+import pathlib
 import signal
 import sys
+import tempfile
 import uuid
 
 import pytest
 
+from testkit import machine
 from testkit.controlplane import ControlPlane
 from testkit.postgres import Postgres
 
@@ -31,6 +34,18 @@ LONGEST_FIRST = (
     "tests/integration/test_site_app.py",
     "collections/ansible_collections/todo/cloud/tests/integration/",
 )
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the run itself, before its workers start
+        handle, path = tempfile.mkstemp(prefix="todo-tests-", suffix=".lock")
+        os.close(handle)
+        os.environ[machine.VARIABLE] = path
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        pathlib.Path(os.environ.pop(machine.VARIABLE, "")).unlink(missing_ok=True)
 
 
 def pytest_collection_modifyitems(items):
@@ -58,6 +73,18 @@ def pytest_xdist_make_scheduler(config, log):
             return next((group for prefix, group in ONE_WORKER.items() if path.startswith(prefix)), path)
 
     return FileScheduling(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _yield_to_the_l3_traffic(request):
+    """Every test outside the local cluster's group waits while the L3 suite's traffic has the
+    machine (testkit/machine.py); the cluster's own tests take it alone when they load it."""
+    path = request.node.nodeid.split("::", 1)[0]
+    if any(path.startswith(prefix) for prefix in ONE_WORKER):
+        yield
+        return
+    with machine.shared():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ reconnects with Last-Event-ID, and a steady HTTP load that counts every failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from testkit import machine
 from testkit.node import status
 
 NAMESPACE = "todo-local"
@@ -107,6 +109,7 @@ class Load:
     paths: dict[str, int]  # path -> the status it must answer
     workers: int = 6
     target_rate: float = 0.0  # requests per second to aim at, over all workers (0: as fast as answered)
+    alone: bool = True  # hold the machine meanwhile: no other test runs (testkit/machine.py)
     sent: int = 0
     failures: list[str] = field(default_factory=list)
     failed_at: list[float] = field(default_factory=list)  # time.time() of each failure
@@ -115,8 +118,11 @@ class Load:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __enter__(self) -> Load:
+        if self.alone:
+            self._held.enter_context(machine.alone())
         self._started = time.monotonic()
         for _ in range(self.workers):
             thread = threading.Thread(target=self._work, daemon=True)
@@ -150,6 +156,7 @@ class Load:
         for thread in self._threads:
             thread.join(30)
         self.seconds = time.monotonic() - self._started
+        self._held.close()
 
     @property
     def rate(self) -> float:

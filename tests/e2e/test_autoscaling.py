@@ -41,7 +41,9 @@ def test_l3_sc005_cpu_load_scales_the_api_out_within_two_minutes_and_back_in(loc
         out = wait_for("the api scaled out", lambda: ready_replicas(apps) > low, timeout=120)
     record("HPA: load start to a second ready api replica", out)
     print(f"\nheavy load: {heavy.rate:.0f} requests/s; replicas {low} -> {ready_replicas(apps)} (max {high})")
-    with Load(local_app.url, headers, {"/api/v1/tasks": 200}, workers=1, target_rate=2) as trickle:
+    with Load(
+        local_app.url, headers, {"/api/v1/tasks": 200}, workers=1, target_rate=2, alone=False
+    ) as trickle:
         back = wait_for("the api scaled back in", lambda: ready_replicas(apps) == low, timeout=240)
     record("HPA: load drop to back at minReplicas", back)
     assert heavy.failures == [], heavy.failures[:20]

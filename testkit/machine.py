@@ -1,0 +1,41 @@
+"""Two pytest-xdist workers share this machine's two cores. The L3 suite's traffic (SC-002's 80
+requests/s, SC-007, the rollback, SC-005's CPU load) saturates them: a test on the other worker
+then starves (a browser's sign-up got no answer in 10 s), and what that test runs starves the
+traffic (a notifier read answered 503 when its database check timed out).
+
+`alone()` holds the machine's test lock exclusively: it waits for the other worker's running
+test to end and holds off its next one. `shared()` is what every other test holds (conftest.py,
+an autouse fixture). One lock file per test run (xdist's run id), released when its holder
+closes it or dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+VARIABLE = "TODO_TEST_LOCK"
+
+
+def _path() -> Path:
+    # conftest.py makes one per test run (its workers inherit the variable) and removes it.
+    return Path(os.environ.get(VARIABLE) or Path(tempfile.gettempdir()) / f"todo-tests-{os.getpid()}.lock")
+
+
+@contextlib.contextmanager
+def _hold(mode: int) -> Iterator[None]:
+    with _path().open("a") as lock:
+        fcntl.flock(lock, mode)
+        yield  # closing the file releases the lock
+
+
+def alone() -> contextlib.AbstractContextManager[None]:
+    return _hold(fcntl.LOCK_EX)
+
+
+def shared() -> contextlib.AbstractContextManager[None]:
+    return _hold(fcntl.LOCK_SH)
