@@ -24,6 +24,9 @@ from testkit.postgres import Postgres
 ONE_WORKER = {
     "tests/cluster/test_node": "local-cluster",  # the local single-node cluster: one per machine
     "tests/e2e/": "local-cluster",
+    # Not for a shared resource: after the L3 suite on its worker, so that the suite's traffic
+    # (testkit/machine.py) does not wait for this 3-minute test on the other worker.
+    "tests/integration/test_site_app.py": "local-cluster",
 }
 # The longest files start first (make test keeps this order: --no-loadscope-reorder), so
 # neither worker is left alone with one of them at the end.
@@ -78,7 +81,8 @@ def pytest_xdist_make_scheduler(config, log):
 @pytest.fixture(autouse=True)
 def _yield_to_the_l3_traffic(request):
     """Every test outside the local cluster's group waits while the L3 suite's traffic has the
-    machine (testkit/machine.py); the cluster's own tests take it alone when they load it."""
+    machine (testkit/machine.py); that group runs on one worker, and its traffic takes the
+    machine alone."""
     path = request.node.nodeid.split("::", 1)[0]
     if any(path.startswith(prefix) for prefix in ONE_WORKER):
         yield
