@@ -5,7 +5,8 @@ traffic (a notifier read answered 503 when its database check timed out).
 
 `alone()` holds the machine's test lock exclusively: it waits for the other worker's running
 test to end and holds off its next one. `shared()` is what every other test holds (conftest.py,
-an autouse fixture). One lock file per test run (xdist's run id), released when its holder
+an autouse fixture). One lock file per test run: conftest.py makes it, names it in
+TODO_TEST_LOCK (the workers inherit that) and removes it. A lock is released when its holder
 closes it or dies.
 """
 
@@ -22,7 +23,6 @@ VARIABLE = "TODO_TEST_LOCK"
 
 
 def _path() -> Path:
-    # conftest.py makes one per test run (its workers inherit the variable) and removes it.
     return Path(os.environ.get(VARIABLE) or Path(tempfile.gettempdir()) / f"todo-tests-{os.getpid()}.lock")
 
 
