@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pathlib
 import signal
@@ -49,6 +50,32 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if not hasattr(config, "workerinput"):
         pathlib.Path(os.environ.pop(machine.VARIABLE, "")).unlink(missing_ok=True)
+
+
+# Where a run's time went: every test phase with its worker, start and end (epoch seconds), in
+# artifacts/test-timeline.json. `python -m testkit.timeline` sums it up per worker.
+_TIMELINE: list[dict] = []
+
+
+def pytest_runtest_logreport(report):
+    node = getattr(report, "node", None)  # the xdist worker that ran it, in the controller
+    worker = node.gateway.id if node is not None else "main"
+    _TIMELINE.append(
+        {
+            "worker": worker,
+            "test": report.nodeid,
+            "phase": report.when,
+            "start": report.start,
+            "stop": report.stop,
+        }
+    )
+
+
+def pytest_sessionfinish(session):
+    if _TIMELINE and not hasattr(session.config, "workerinput"):
+        path = pathlib.Path(session.config.rootpath, "artifacts", "test-timeline.json")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(_TIMELINE))
 
 
 def pytest_collection_modifyitems(items):

@@ -16,6 +16,9 @@ stand-in for the cluster's Kubernetes secret store: charts/todo/dapr/local/secre
 password}` resolves the same way as against a Kubernetes Secret) and the secrets file it
 reads (mode 0600, in the private temporary folder). daprd trusts the test broker's CA
 through SSL_CERT_FILE, as it trusts Redpanda Cloud's public CA through the system store.
+Every daprd of one DaprEnv gets charts/todo/dapr/local/config.yaml: service invocation
+resolves app ids in the env's own SQLite file, so two runs on one machine (two test workers,
+`make dev` beside a test) never reach each other's "api".
 
 Every process listens on loopback ports chosen free at start, runs in its own process
 group, and logs to a file in the folder (`tail()` shows the end). `stop()` (also at
@@ -42,6 +45,7 @@ from testkit.procs import free_port, http_status, kill_groups, reap_orphans
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ROOT / "charts" / "todo" / "dapr"
 LOCAL_SECRET_STORE = COMPONENTS / "local" / "secretstore.yaml"
+LOCAL_CONFIGURATION = COMPONENTS / "local" / "config.yaml"
 BIN = ROOT / ".tools" / "bin"
 STATE_FILE = "state.json"
 
@@ -167,6 +171,7 @@ class Sidecar:
     api_token: str | None = None  # DAPR_API_TOKEN: what the app presents to daprd
     app_token: str | None = None  # APP_API_TOKEN: what daprd presents to the app
     ca_file: Path | None = None
+    config: Path | None = None  # a Dapr Configuration file
     log_level: str = "info"
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
@@ -211,6 +216,8 @@ class Sidecar:
             argv += [f"--app-port={self.app_port}", "--app-protocol=http", "--app-channel-address=127.0.0.1"]
         if self.scheduler:
             argv.append(f"--scheduler-host-address={self.scheduler}")
+        if self.config:
+            argv.append(f"--config={self.config}")
         env = {}
         if self.api_token:
             env["DAPR_API_TOKEN"] = self.api_token
@@ -284,6 +291,10 @@ class DaprEnv:
     def resources(self) -> Path:
         return self.folder / "resources"
 
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.yaml"
+
     def secrets(self) -> dict[str, dict[str, str]]:
         """The secret store's content: what a cluster holds as Secrets todo-kafka and todo-state."""
         values: dict[str, dict[str, str]] = {}
@@ -312,6 +323,8 @@ class DaprEnv:
             json.dump(self.secrets(), handle)
         store = LOCAL_SECRET_STORE.read_text().replace("SECRETS_FILE", str(secrets_file))
         (self.resources / "secretstore.yaml").write_text(store)
+        names = str(self.folder / "names.db")
+        self.config.write_text(LOCAL_CONFIGURATION.read_text().replace("NAME_RESOLUTION_DB", names))
 
     def topics(self, *names: str, partitions: int = 3) -> list[str]:
         """Create Kafka topics (as the broker's admin): Redpanda Cloud does not auto-create."""
@@ -337,6 +350,7 @@ class DaprEnv:
             api_token=api_token,
             app_token=app_token,
             ca_file=self.kafka.ca_file if self.kafka is not None else None,
+            config=self.config,
             **options,
         )
         self.sidecars.append(sidecar)

@@ -4,6 +4,7 @@ sidecars as processes; the cluster's Kubernetes secret store is replaced by loca
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -232,3 +233,24 @@ def test_a_job_fires_once_through_the_scheduler(dapr, apps):
             time.sleep(0.05)
         time.sleep(2)  # a second firing would have come by now
     assert app.jobs == [(name, {"task": "t-1"})]
+
+
+def test_invocation_reaches_the_app_id_of_its_own_run_only(dapr):
+    """Two runs on one machine (here the session's env and a second one), each with an "api":
+    the web's sidecar reaches its own run's api every time. Under mDNS, daprd's default in
+    self-hosted mode, it would also reach the other run's (charts/todo/dapr/local/config.yaml)."""
+    from testkit.dapr import DaprEnv
+
+    def whoami(name: str) -> ServerThread:
+        app = Starlette(routes=[Route("/whoami", lambda request: JSONResponse(name))])
+        return ServerThread(app, port=free_port()).start()
+
+    with contextlib.ExitStack() as stack:
+        other = stack.enter_context(DaprEnv.create(scheduler=False))
+        for env, name in ((dapr, "this run"), (other, "the other run")):
+            server = whoami(name)
+            stack.callback(server.stop)
+            stack.enter_context(env.sidecar("api", server.port)).wait_ready()
+        web = stack.enter_context(dapr.sidecar("web", None))
+        answers = [httpx.get(f"{web.url}/v1.0/invoke/api/method/whoami", timeout=10) for _ in range(20)]
+        assert [(a.status_code, a.json()) for a in answers] == [(200, "this run")] * 20

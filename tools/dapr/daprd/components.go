@@ -3,6 +3,7 @@ package main
 import (
 	nrKubernetes "github.com/dapr/components-contrib/nameresolution/kubernetes"
 	nrMDNS "github.com/dapr/components-contrib/nameresolution/mdns"
+	nrSQLite "github.com/dapr/components-contrib/nameresolution/sqlite"
 	pubsubKafka "github.com/dapr/components-contrib/pubsub/kafka"
 	pubsubRedis "github.com/dapr/components-contrib/pubsub/redis"
 	secretKubernetes "github.com/dapr/components-contrib/secretstores/kubernetes"
@@ -34,8 +35,11 @@ func init() {
 	// Also the built-in "kubernetes" store daprd adds by itself in Kubernetes mode.
 	secretLoader.DefaultRegistry.RegisterComponent(secretKubernetes.NewKubernetesSecretStore, "kubernetes")
 
-	// The name resolvers daprd picks when no Configuration names one: mdns in self-hosted
-	// mode, kubernetes in a cluster. The web invokes the api through its sidecar.
+	// The name resolvers: mdns and kubernetes, the defaults when no Configuration names one
+	// (self-hosted mode, a cluster); sqlite for the process-mode runs (testkit/dapr.py), where
+	// mdns would find every daprd on the machine by app id, another run's "api" included.
+	// The web invokes the api through its sidecar.
 	nrLoader.DefaultRegistry.RegisterComponent(nrMDNS.NewResolver, "mdns")
 	nrLoader.DefaultRegistry.RegisterComponent(nrKubernetes.NewResolver, "kubernetes")
+	nrLoader.DefaultRegistry.RegisterComponent(nrSQLite.NewResolver, "sqlite")
 }
