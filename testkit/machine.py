@@ -1,7 +1,6 @@
-"""Two pytest-xdist workers share this machine's two cores. The L3 suite's traffic (SC-002's 80
-requests/s, SC-007, the rollback, SC-005's CPU load) saturates them: a test on the other worker
-then starves (a browser's sign-up got no answer in 10 s), and what that test runs starves the
-traffic (a notifier read answered 503 when its database check timed out).
+"""Two pytest-xdist workers share this machine's two cores. The L3 suite's heavy traffic
+(SC-002's 80 requests/s, SC-005's CPU load) saturates them: what a test on the other worker runs
+then starves the traffic (a notifier read answered 503 when its database check timed out).
 
 `alone()` holds the machine's test lock exclusively: it waits for the other worker's running
 test to end and holds off its next one. `shared()` is what every other test holds (conftest.py,

@@ -42,12 +42,13 @@ SERVICES = ("api", "notifier", "gateway", "web")
 # 50/s with room for a slow moment, and CPU left for the rollout itself; 32 clients, so
 # slow answers (a page waits for the api) do not hold the rate down: with 16, a full
 # `.ci/run` measured 49/s, answers taking ~0.3 s on the shared 2 cores. The failed release
-# and the rollback playbook prove 0 failed requests, not a rate: they send less (LIGHT), and
-# leave the CPU to the rest of the suite.
+# and the rollback playbook prove 0 failed requests, not a rate: they send less (LIGHT), leave
+# the CPU to the rest of the suite, and let the other worker's tests run meanwhile (SC-002's
+# traffic has the machine alone: testkit/machine.py).
 TRAFFIC = {"/api/v1/tasks": 200, "/api/v1/notifications": 200, "/api/v1/tags": 200, "/tasks": 200}
 RATE = 80
 CLIENTS = 32
-LIGHT = {"target_rate": 20, "workers": 8}
+LIGHT = {"target_rate": 20, "workers": 8, "alone": False}
 BROKEN = "TODO_READINESS_TIMEOUT_SECONDS"  # SC-007's never-ready api
 
 
@@ -58,12 +59,16 @@ def browser(headers: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def traffic(local_app, headers: dict[str, str], target_rate: int = RATE, workers: int = CLIENTS):
+def traffic(
+    local_app, headers: dict[str, str], target_rate: int = RATE, workers: int = CLIENTS, alone: bool = True
+):
     """TRAFFIC through the edge as `headers`' user; yields the `Load`, whose `logs` are the
     web's, the api's and the edge's warning and error lines meanwhile."""
     with (
         PodLogs(("todo-web", "todo-api", "todo-data/todo-edge")) as logs,
-        Load(local_app.url, browser(headers), TRAFFIC, workers=workers, target_rate=target_rate) as load,
+        Load(
+            local_app.url, browser(headers), TRAFFIC, workers=workers, target_rate=target_rate, alone=alone
+        ) as load,
     ):
         load.logs = logs
         yield load

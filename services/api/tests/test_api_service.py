@@ -4,6 +4,7 @@ template, and logs without secrets (rung L1: real processes, sockets and Postgre
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -18,7 +19,9 @@ import uuid
 import httpx
 import pytest
 from api_testlib import PASSWORD, assert_problem, make_settings, register, running
+from sqlalchemy import text
 from todo_api.app import create_api_app
+from todo_api.db import create_engine, database_check
 from todo_api.settings import ApiSettings
 from todo_shared.auth import issue_token
 from todo_shared.logs import JsonFormatter
@@ -177,6 +180,24 @@ async def test_readiness_names_the_database_when_it_is_down():
         problem = assert_problem(tasks, 503)
         assert problem["type"] == "urn:todo:problem:unavailable"
         assert str(port) not in tasks.text
+
+
+@pytest.mark.integration
+async def test_a_database_busy_with_the_requests_queries_keeps_the_api_ready(api_db):
+    """The probe's SELECT 1 waits behind the requests for a pooled connection; a statement the
+    database answered within the window stands in for it. Past the window the probe waits."""
+    engine = create_engine(make_settings(api_db, db_pool_size=1, db_max_overflow=0))
+    try:
+        recent, strict = database_check(engine), database_check(engine, answered_window=0.2)
+        async with engine.connect() as busy:  # the pool's one connection, held by a "request"
+            await busy.execute(text("SELECT 1"))
+            await asyncio.wait_for(recent(), 1)
+            await asyncio.sleep(0.3)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(strict(), 1)
+        await asyncio.wait_for(strict(), 5)  # the connection is back: the probe's own query passes
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.integration
