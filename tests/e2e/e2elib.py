@@ -177,8 +177,8 @@ class PodLogs:
     )
     ERROR = re.compile(r'"level": ?"(error|fatal)"', re.IGNORECASE)
 
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        self.root = Path(status()["dir"]) / "pod-logs"
+    def __init__(self, prefixes: tuple[str, ...], root: Path | None = None) -> None:
+        self.root = root or Path(status()["dir"]) / "pod-logs"
         self.prefixes = tuple(
             prefix.replace("/", "_") if "/" in prefix else f"{NAMESPACE}_{prefix}" for prefix in prefixes
         )
@@ -201,10 +201,18 @@ class PodLogs:
         while not self._stop.wait(0.5):
             self._scan()
 
+    def _logs(self) -> list[Path]:
+        """The followed pods' log files (<namespace>_<pod>_<uid>/<container>/<n>.log). A pod's
+        folder can go while it is listed: the kubelet removes a deleted pod's logs."""
+        found: list[Path] = []
+        for pod in self.root.iterdir():
+            if pod.name.startswith(self.prefixes):
+                with contextlib.suppress(FileNotFoundError):
+                    found += pod.glob("*/*.log")
+        return found
+
     def _scan(self, keep: bool = True) -> None:
-        for path in self.root.glob("*/*/*.log"):
-            if not path.parts[-3].startswith(self.prefixes):
-                continue
+        for path in self._logs():
             try:
                 with path.open("rb") as log:
                     log.seek(self._offsets.get(path, 0))
