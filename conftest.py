@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import pathlib
 import signal
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -76,6 +78,16 @@ def pytest_sessionfinish(session):
         path = pathlib.Path(session.config.rootpath, "artifacts", "test-timeline.json")
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(_TIMELINE))
+
+
+def pytest_report_header(config):
+    """How fast this machine's CPU is today: the same work has taken 1.5x as long from one hour
+    to the next here, so two runs' durations compare only next to this figure."""
+    started = time.perf_counter()
+    digest = b""
+    for _ in range(1_000_000):
+        digest = hashlib.sha256(digest).digest()
+    return f"machine speed: 1,000,000 sha256 rounds in {time.perf_counter() - started:.2f}s"
 
 
 def pytest_collection_modifyitems(items):
