@@ -81,8 +81,8 @@ def pytest_sessionfinish(session):
 
 
 def pytest_report_header(config):
-    """How fast this machine's CPU is today: the same work has taken 1.5x as long from one hour
-    to the next here, so two runs' durations compare only next to this figure."""
+    """A single-core CPU reference, printed with every run: the same suite has taken 1.3x as
+    long from one hour to the next on this machine, so a run's duration says more beside it."""
     started = time.perf_counter()
     digest = b""
     for _ in range(1_000_000):

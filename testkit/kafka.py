@@ -277,8 +277,8 @@ class Kafka:
             self._classpath(),
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            self.cluster_id,
+            # One argument: a random id starts with "-" one time in 64, and would be read as an option.
+            f"--cluster-id={self.cluster_id}",
             "--config",
             str(self.workdir / "server.properties"),
             "--add-scram",

@@ -229,3 +229,11 @@ def test_authorizer_mode_enforces_acls_for_the_app_user():
         produce(kafka.client_config(), topic, [(None, "granted")])
         got = consume(kafka.client_config(), topic, 1, group="todo-notifier")
         assert [m.value() for m in got] == [b"granted"]
+
+
+def test_a_cluster_id_that_starts_with_a_dash_formats_and_starts():
+    """Random ids are base64url: one in 64 starts with "-" (`make dev` failed on one)."""
+    with Kafka.create(cluster_id="-" + uuid.uuid4().hex[:21]) as broker:
+        assert broker.cluster_id.startswith("-")
+        name = broker.create_topic(f"t-{uuid.uuid4().hex[:8]}")
+        assert name
