@@ -60,7 +60,9 @@ _TIMELINE: list[dict] = []
 
 
 def pytest_runtest_logreport(report):
-    node = getattr(report, "node", None)  # the xdist worker that ran it, in the controller
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller gets every worker's reports
+        return
+    node = getattr(report, "node", None)  # the xdist worker that ran it
     worker = node.gateway.id if node is not None else "main"
     _TIMELINE.append(
         {
