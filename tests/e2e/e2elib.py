@@ -168,14 +168,17 @@ class PodLogs:
     with one of `prefixes` ("<pod prefix>" in the app's namespace, or "<namespace>/<pod
     prefix>"), from pods that start or stop meanwhile too, and keeps the warning and error
     lines (nginx's too; only the errors of the daprd sidecars, whose start-up warns about
-    nothing that matters here): printed next to a failed request, they name its cause (a pod's
-    logs go with the pod, so they are read while it runs)."""
+    nothing that matters here) and the services' request lines that took `SLOW_MS` or more:
+    printed next to a failed request, they name its cause, a timed-out one's too (a pod's logs
+    go with the pod, so they are read while it runs)."""
 
     LEVEL = re.compile(
         r'"level": ?"(warning|error|critical)"|level=(warning|error|fatal)|\[(warn|error|crit|alert|emerg)\]',
         re.IGNORECASE,
     )
     ERROR = re.compile(r'"level": ?"(error|fatal)"', re.IGNORECASE)
+    DURATION = re.compile(r'"duration_ms": ?(\d+)')  # todo_shared.app's line for each request
+    SLOW_MS = 2000
 
     def __init__(self, prefixes: tuple[str, ...], root: Path | None = None) -> None:
         self.root = root or Path(status()["dir"]) / "pod-logs"
@@ -224,8 +227,12 @@ class PodLogs:
             if keep:
                 pod, container = path.parts[-3].split("_")[1], path.parts[-2]
                 for line in chunk[:done].decode(errors="replace").splitlines():
-                    if (self.ERROR if container == "daprd" else self.LEVEL).search(line):
+                    if (self.ERROR if container == "daprd" else self.LEVEL).search(line) or self._slow(line):
                         self.lines.append((self._written(line), f"{pod}/{container}: {line}"))
+
+    def _slow(self, line: str) -> bool:
+        duration = self.DURATION.search(line)
+        return bool(duration) and int(duration[1]) >= self.SLOW_MS
 
     @staticmethod
     def _written(line: str) -> float:
@@ -236,9 +243,9 @@ class PodLogs:
         except ValueError:
             return time.time()
 
-    def around(self, times: list[float], before: float = 20.0, after: float = 2.0) -> list[str]:
+    def around(self, times: list[float], before: float = 20.0, after: float = 20.0) -> list[str]:
         """The kept lines written from `before` s ahead of the first of `times` to `after` s past
-        the last, in time order."""
+        the last, in time order (a request the client gave up on is logged when it ends)."""
         if not times:
             return []
         start, end = min(times) - before, max(times) + after

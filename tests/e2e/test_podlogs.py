@@ -31,3 +31,19 @@ def test_a_pod_whose_logs_go_while_they_are_listed_is_passed_over(tmp_path, monk
     assert [line for _, line in logs.lines] == [
         'todo-api-1/api: 2026-11-27T10:00:01.5Z stdout F {"level": "error", "message": "boom"}'
     ]
+
+
+def test_slow_answers_are_kept_with_the_warnings_and_quick_ones_are_not(tmp_path):
+    log = tmp_path / "todo-local_todo-web-1_uid1" / "web" / "0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("")
+    lines = [
+        '2026-11-27T10:00:01.5Z stdout F {"level": "info", "route": "/tasks", "duration_ms": 31.2}',
+        '2026-11-27T10:00:02.5Z stdout F {"level": "info", "route": "/tasks", "duration_ms": 16250.07}',
+        '2026-11-27T10:00:03.5Z stdout F {"level": "warning", "message": "api unreachable"}',
+    ]
+    with PodLogs(("todo-web",), root=tmp_path) as logs, log.open("a") as out:
+        out.write("".join(f"{line}\n" for line in lines))
+    assert [line for _, line in logs.lines] == [f"todo-web-1/web: {line}" for line in lines[1:]]
+    failed_at = logs.lines[0][0] - 15  # the client gave up 15 s into the request the web logs at its end
+    assert logs.around([failed_at], before=5) == [f"todo-web-1/web: {line}" for line in lines[1:]]
