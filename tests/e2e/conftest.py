@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def tasks(report: dict) -> list[dict]:
+    """Every task entry of an ansible.posix.json report, in run order."""
+    return [entry for play in report.get("plays", []) for entry in play["tasks"]]
+
+
 @dataclass
 class Run:
     rc: int
@@ -39,8 +44,7 @@ class Run:
         """Every task of the run that has a duration: (name, start, end), in run order."""
         return [
             (entry["task"]["name"], *(datetime.fromisoformat(took[k]) for k in ("start", "end")))
-            for play in self.report.get("plays", [])
-            for entry in play["tasks"]
+            for entry in tasks(self.report)
             if (took := entry["task"].get("duration", {})).get("start") and took.get("end")
         ]
 
@@ -57,8 +61,7 @@ class Run:
         """The results of the task named `task` (a role's task: "<role> : <task>" too)."""
         return [
             result
-            for play in self.report.get("plays", [])
-            for entry in play["tasks"]
+            for entry in tasks(self.report)
             if entry["task"]["name"] == task or entry["task"]["name"].endswith(f" : {task}")
             for result in entry["hosts"].values()
         ]
@@ -105,8 +108,7 @@ def playbook(name: str, kubeconfig: Path, *extra: str, timeout: float = 900) -> 
     report = json.loads(proc.stdout[proc.stdout.index("{") :]) if "{" in proc.stdout else {}
     failed = [
         f"FAILED {entry['task']['name']}: {result.get('msg', '')}"
-        for play in report.get("plays", [])
-        for entry in play["tasks"]
+        for entry in tasks(report)
         for result in entry["hosts"].values()
         if result.get("failed")
     ]
