@@ -1,5 +1,5 @@
 """e2elib.PodLogs, the follower of the pods' log files that tells why a request failed, on a
-folder laid out like the kubelet's (no cluster)."""
+folder laid out like the kubelet's, and the figures a Load reports (no cluster)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from .e2elib import PodLogs
+from .e2elib import Load, PodLogs
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,10 @@ def test_slow_answers_are_kept_with_the_warnings_and_quick_ones_are_not(tmp_path
     assert [line for _, line in logs.lines] == [f"todo-web-1/web: {line}" for line in lines[1:]]
     failed_at = logs.lines[0][0] - 15  # the client gave up 15 s into the request the web logs at its end
     assert logs.around([failed_at], before=5) == [f"todo-web-1/web: {line}" for line in lines[1:]]
+
+
+def test_the_load_reports_how_fast_it_was_answered():
+    load = Load("http://edge", {}, {"/": 200})
+    assert load.latency == "no request"
+    load.durations = [0.1 * n for n in range(1, 101)]  # 0.1 s .. 10 s
+    assert load.latency == "answered in 5.10 s (median), 10.00 s (p99), 10.00 s (slowest)"

@@ -30,7 +30,16 @@ from todo_shared.auth import SESSION_COOKIE
 
 from testkit.node import LocalCluster, status
 
-from .e2elib import NAMESPACE, EventStream, Load, PodLogs, endpoint_programming, record, signed_in
+from .e2elib import (
+    ANSWER_TIMEOUT,
+    NAMESPACE,
+    EventStream,
+    Load,
+    PodLogs,
+    endpoint_programming,
+    record,
+    signed_in,
+)
 
 # The first test of the suite also waits for `make up` (the package fixture), up to ~5 min.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -81,7 +90,8 @@ def served(load: Load, failures: list[str] | None = None, min_rate: float = 50) 
     failures = load.failures + (failures or [])
     errors = sum("api answered an error" in line or "api unreachable" in line for _, line in load.logs.lines)
     print(
-        f"\nload: {load.sent} requests, {load.rate:.0f}/s; web -> api errors: {errors} (a read is sent twice)"
+        f"\nload: {load.sent} requests, {load.rate:.0f}/s, {load.latency}; web -> api errors: {errors}"
+        " (a read is sent twice)"
     )
     print(endpoint_programming())
     assert failures == [], "\n".join(
@@ -123,7 +133,7 @@ class Creator:
         self._thread.start()
 
     def _run(self, url: str, headers: dict[str, str], interval: float) -> None:
-        with httpx.Client(base_url=url, headers=headers, timeout=15) as http:
+        with httpx.Client(base_url=url, headers=headers, timeout=ANSWER_TIMEOUT) as http:
             while not self._stop.wait(interval):
                 try:
                     made = http.post("/api/v1/tasks", json={"title": f"during the rollout {len(self.ids)}"})
