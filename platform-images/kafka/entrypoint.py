@@ -166,7 +166,8 @@ def write_private(path: Path, text: str) -> None:
 def format_storage(folder: Path, config: Path, users: dict[str, str]) -> None:
     """`kafka-storage format` with the SCRAM users, its arguments from a private file."""
     cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
-    arguments = ["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id, "--config", str(config)]
+    # One argument: a random id starts with "-" one time in 64, and would be read as an option.
+    arguments = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)]
     for name, password in users.items():
         arguments += ["--add-scram", f"{SCRAM}=[name={name},password={password}]"]
     argfile = folder / "format.args"
