@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.ansible import run_playbook
+from testkit.ansible import run_cases, run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -134,18 +134,27 @@ def test_two_runs_racing_for_a_free_lock_never_both_win(tmp_path, k8s, namespace
     assert lease(k8s, namespace).spec.holder_identity == winners[0]["holder"]
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"holder": " "}, "holder must not be empty"),
-        ({"lease_seconds": 5}, "lease_seconds must be at least 10"),
-        ({"namespace": "no-such-namespace"}, "namespace no-such-namespace does not exist"),
-    ],
-)
-def test_bad_input_is_refused_clearly(tmp_path, namespace, kube_auth, options, message):
-    args = {"holder": "run", "namespace": namespace, **options}
-    run = run_playbook(tmp_path, [{"name": TASK, "todo.cloud.deploy_lock": {**kube_auth, **args}}])
-    assert run.rc != 0 and message in run.task(TASK)["msg"]
+BAD_INPUT = {
+    "blank-holder": ({"holder": " "}, "holder must not be empty"),
+    "short-lease": ({"lease_seconds": 5}, "lease_seconds must be at least 10"),
+    "missing-namespace": ({"namespace": "no-such-namespace"}, "namespace no-such-namespace does not exist"),
+}
+
+
+def test_bad_input_is_refused_clearly(tmp_path, namespace, kube_auth):
+    run = run_cases(
+        tmp_path,
+        {
+            case: {
+                "todo.cloud.deploy_lock": {**kube_auth, "namespace": namespace, "holder": "run", **options}
+            }
+            for case, (options, _) in BAD_INPUT.items()
+        },
+    )
+    for case, (_, message) in BAD_INPUT.items():
+        result = run.task(case)
+        assert result["failed"] is True and message in result["msg"], (case, result)
+    assert "Traceback" not in run.output
 
 
 def test_waiting_is_bounded(tmp_path, namespace, kube_auth):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import pytest
 
-from testkit.ansible import run_playbook
+from testkit import machine
+from testkit.ansible import run_cases, run_playbook
 from testkit.workloads import daemonset, deployment, set_behaviour, statefulset, wait_for
 
 pytestmark = pytest.mark.integration
@@ -195,46 +197,65 @@ def test_check_mode_reports_without_waiting(tmp_path, k8s, namespace, kube_auth)
     assert time.monotonic() - started < 20
 
 
+BAD_PARAMETERS = {
+    "unknown-kind": ({"kinds": ["Job"]}, "value of kinds must be one or more of"),
+    "absent-name": ({"name": ["nope"]}, "no Deployment, StatefulSet, DaemonSet named nope in namespace"),
+    "bad-selector": ({"label_selector": "app in (a"}, "unable to parse requirement"),
+    "negative-timeout": ({"timeout": -1}, "timeout must be zero or more"),
+    "unknown-option": ({"bogus": 1}, "Unsupported parameters"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_run(tmp_path_factory, k8s, controlplane):
+    """Every bad input below as a task of one playbook (run_cases)."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    auth = {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}
+    namespace = f"t-{uuid.uuid4().hex[:8]}"  # empty: nothing to wait for
+    k8s.core.create_namespace({"metadata": {"name": namespace}})
+    tasks = {case: wait_task(namespace, auth, **options) for case, (options, _) in BAD_PARAMETERS.items()}
+    tasks["empty-selection"] = wait_task(namespace, auth)
+    tasks["missing-namespace"] = wait_task("does-not-exist", auth)
+    (folder / "unreadable").write_text("not: [valid")
+    tasks["missing-kubeconfig"] = wait_task("default", {"kubeconfig": str(folder / "missing")})
+    tasks["unreadable-kubeconfig"] = wait_task("default", {"kubeconfig": str(folder / "unreadable")})
+    tasks["unknown-context"] = wait_task("default", {**auth, "context": "nope"})
+    with machine.shared():
+        run = run_cases(folder, tasks)
+    assert "Traceback" not in run.output
+    yield run, namespace
+    k8s.core.delete_namespace(namespace)
+
+
+def failure(bad_input_run, case) -> str:
+    """The case's task failed; its message."""
+    result = bad_input_run[0].task(case)
+    assert result["failed"] is True
+    return result["msg"]
+
+
+@pytest.mark.parametrize("case", list(BAD_PARAMETERS))
+def test_bad_parameters_fail_clearly(case, bad_input_run):
+    assert BAD_PARAMETERS[case][1] in failure(bad_input_run, case)
+
+
+def test_empty_selection_is_an_error(bad_input_run):
+    namespace = bad_input_run[1]
+    expected = f"no Deployment, StatefulSet, DaemonSet in namespace {namespace}"
+    assert failure(bad_input_run, "empty-selection") == expected
+
+
+def test_missing_namespace(bad_input_run):
+    assert failure(bad_input_run, "missing-namespace") == "namespace does-not-exist does not exist"
+
+
 @pytest.mark.parametrize(
-    ("options", "expected"),
+    ("case", "expected"),
     [
-        ({"kinds": ["Job"]}, "value of kinds must be one or more of"),
-        ({"name": ["nope"]}, "no Deployment, StatefulSet, DaemonSet named nope in namespace"),
-        ({"label_selector": "app in (a"}, "unable to parse requirement"),
-        ({"timeout": -1}, "timeout must be zero or more"),
-        ({"bogus": 1}, "Unsupported parameters"),
+        ("missing-kubeconfig", "does not exist"),
+        ("unreadable-kubeconfig", "could not load the cluster connection"),
+        ("unknown-context", "could not load the cluster connection"),
     ],
 )
-def test_bad_parameters_fail_clearly(tmp_path, namespace, kube_auth, options, expected):
-    run, result = run_wait(tmp_path, namespace, kube_auth, **options)
-    assert run.rc != 0
-    assert expected in result["msg"], result["msg"]
-    assert "Traceback" not in run.output
-
-
-def test_empty_selection_is_an_error(tmp_path, namespace, kube_auth):
-    run, result = run_wait(tmp_path, namespace, kube_auth)
-    assert run.rc != 0 and result["msg"] == f"no Deployment, StatefulSet, DaemonSet in namespace {namespace}"
-
-
-def test_missing_namespace(tmp_path, kube_auth):
-    run, result = run_wait(tmp_path, "does-not-exist", kube_auth)
-    assert run.rc != 0 and result["msg"] == "namespace does-not-exist does not exist"
-
-
-def test_connection_problems_fail_clearly(tmp_path, controlplane):
-    unreadable = tmp_path / "kubeconfig"
-    unreadable.write_text("not: [valid")
-    cases = [
-        ({"kubeconfig": str(tmp_path / "missing")}, "does not exist"),
-        ({"kubeconfig": str(unreadable)}, "could not load the cluster connection"),
-        (
-            {"kubeconfig": str(controlplane.kubeconfig_path), "context": "nope"},
-            "could not load the cluster connection",
-        ),
-    ]
-    for auth, expected in cases:
-        run, result = run_wait(tmp_path, "default", auth)
-        assert run.rc != 0
-        assert expected in result["msg"], result["msg"]
-        assert "Traceback" not in run.output
+def test_connection_problems_fail_clearly(case, expected, bad_input_run):
+    assert expected in failure(bad_input_run, case)
