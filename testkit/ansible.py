@@ -37,6 +37,14 @@ class PlaybookRun:
             raise KeyError(f"no result for task {name!r}; output:\n{self.output[-3000:]}")
         return found
 
+    def failure(self, name: str) -> str:
+        """The message of task `name`, which must have failed clearly: no traceback in its
+        result (ansible-core 2.19 sets `exception` on every failure) or anywhere in the output."""
+        result = self.task(name)
+        assert result.get("failed") is True, f"{name} did not fail: {result}"
+        assert "Traceback" not in str(result.get("exception", "")) and "Traceback" not in self.output
+        return result["msg"]
+
     @property
     def stats(self) -> dict:
         return self.report.get("stats", {}).get("localhost", {})

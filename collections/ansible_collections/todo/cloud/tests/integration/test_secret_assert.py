@@ -85,12 +85,6 @@ def assert_task(kube_auth, namespace, secrets=None, **options) -> dict:
     return {"name": TASK, "todo.cloud.secret_assert": args}
 
 
-def no_traceback(run, task: str = TASK) -> None:
-    """A clear module failure: ansible-core 2.19 sets `exception` on every failure, but with no traceback."""
-    assert "Traceback" not in run.output
-    assert "Traceback" not in str(run.task(task).get("exception", ""))
-
-
 def kinds(result) -> list[tuple[str, str | None, str]]:
     return [(p["secret"], p["key"], p["problem"]) for p in result["problems"]]
 
@@ -208,11 +202,10 @@ def failure_runs(tmp_path_factory, k8s, controlplane):
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_each_failure_mode(case, failure_runs):
     run, namespaces = failure_runs
-    result = run.task(case)
-    assert result["failed"] is True and result["changed"] is False
-    assert kinds(result) == [FAILURES[case][2]]
-    assert result["msg"].startswith(f"1 problem with the Secrets in namespace {namespaces[case]}:")
-    no_traceback(run, case)
+    msg = run.failure(case)
+    assert msg.startswith(f"1 problem with the Secrets in namespace {namespaces[case]}:")
+    assert run.task(case)["changed"] is False
+    assert kinds(run.task(case)) == [FAILURES[case][2]]
 
 
 def test_shared_with_another_namespace(tmp_path, k8s, namespace, other_namespace, kube_auth):
@@ -341,50 +334,42 @@ def bad_input_runs(tmp_path_factory, k8s, controlplane):
     k8s.core.delete_namespace(namespace)
 
 
-def failed_clearly(runs, case) -> str:
-    """The case's task failed, without a traceback; its message."""
-    run, _ = runs
-    assert run.task(case)["failed"] is True
-    no_traceback(run, case)
-    return run.task(case)["msg"]
-
-
 @pytest.mark.parametrize("case", list(BAD_PARAMETERS))
 def test_bad_parameters_fail_clearly(case, bad_input_runs):
-    assert BAD_PARAMETERS[case][1] in failed_clearly(bad_input_runs, case)
+    assert BAD_PARAMETERS[case][1] in bad_input_runs[0].failure(case)
 
 
 def test_distinct_from_must_not_be_the_namespace_itself(bad_input_runs):
     _, namespace = bad_input_runs
-    msg = failed_clearly(bad_input_runs, "distinct-from-itself")
+    msg = bad_input_runs[0].failure("distinct-from-itself")
     assert f"must not name the asserted namespace {namespace} itself" in msg
 
 
 def test_missing_kubeconfig(bad_input_runs):
-    assert failed_clearly(bad_input_runs, "missing-kubeconfig") == "the kubeconfig file does not exist"
+    assert bad_input_runs[0].failure("missing-kubeconfig") == "the kubeconfig file does not exist"
 
 
 @pytest.mark.parametrize("case", list(UNREADABLE_KUBECONFIGS))
 def test_unreadable_kubeconfig(case, bad_input_runs):
-    assert failed_clearly(bad_input_runs, case).startswith("could not load the cluster connection")
+    assert bad_input_runs[0].failure(case).startswith("could not load the cluster connection")
 
 
 def test_kubeconfig_is_a_directory(bad_input_runs):
-    msg = failed_clearly(bad_input_runs, "kubeconfig-is-a-directory")
+    msg = bad_input_runs[0].failure("kubeconfig-is-a-directory")
     assert msg == "the kubeconfig file is not a readable file"
 
 
 def test_unknown_context(bad_input_runs):
-    msg = failed_clearly(bad_input_runs, "unknown-context")
+    msg = bad_input_runs[0].failure("unknown-context")
     assert msg.startswith("could not load the cluster connection") and "no-such-context" in msg
 
 
 def test_missing_namespace(bad_input_runs):
-    assert failed_clearly(bad_input_runs, "missing-namespace") == "namespace t-does-not-exist does not exist"
+    assert bad_input_runs[0].failure("missing-namespace") == "namespace t-does-not-exist does not exist"
 
 
 def test_unreachable_api_server(bad_input_runs):
-    msg = failed_clearly(bad_input_runs, "unreachable-api-server")
+    msg = bad_input_runs[0].failure("unreachable-api-server")
     assert "127.0.0.1" in msg and "port=1" in msg and "Connection refused" in msg
 
 
@@ -429,10 +414,9 @@ def test_forbidden_to_list_the_other_namespace(tmp_path, k8s, namespace, other_n
         assert allowed.rc == 0, allowed.output
         run = run_playbook(tmp_path, [assert_task(auth, namespace, distinct_from=[other_namespace])])
         assert run.rc != 0
-        msg = run.task(TASK)["msg"]
+        msg = run.failure(TASK)
         assert msg.startswith(f"listing Secrets in namespace {other_namespace}: ")
         assert "forbidden" in msg and "(HTTP 403)" in msg
-        no_traceback(run)
     finally:
         rbac.delete_cluster_role_binding(user)
         rbac.delete_cluster_role(user)
