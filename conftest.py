@@ -173,7 +173,7 @@ def namespace(k8s):
     k8s.core.delete_namespace(name)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kube_auth(controlplane):
     """Module connection arguments for the control plane."""
     return {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}

@@ -205,19 +205,20 @@ BAD_PARAMETERS = {
 
 
 @pytest.fixture(scope="module")
-def bad_input_run(tmp_path_factory, k8s, controlplane):
+def bad_input_run(tmp_path_factory, k8s, kube_auth):
     """Every bad input below as a task of one playbook (run_cases)."""
     folder = tmp_path_factory.mktemp("bad-input")
-    auth = {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}
     namespace = f"t-{uuid.uuid4().hex[:8]}"  # empty: nothing to wait for
     k8s.core.create_namespace({"metadata": {"name": namespace}})
-    tasks = {case: wait_task(namespace, auth, **options) for case, (options, _) in BAD_PARAMETERS.items()}
-    tasks["empty-selection"] = wait_task(namespace, auth)
-    tasks["missing-namespace"] = wait_task("does-not-exist", auth)
+    tasks = {
+        case: wait_task(namespace, kube_auth, **options) for case, (options, _) in BAD_PARAMETERS.items()
+    }
+    tasks["empty-selection"] = wait_task(namespace, kube_auth)
+    tasks["missing-namespace"] = wait_task("does-not-exist", kube_auth)
     (folder / "unreadable").write_text("not: [valid")
     tasks["missing-kubeconfig"] = wait_task("default", {"kubeconfig": str(folder / "missing")})
     tasks["unreadable-kubeconfig"] = wait_task("default", {"kubeconfig": str(folder / "unreadable")})
-    tasks["unknown-context"] = wait_task("default", {**auth, "context": "nope"})
+    tasks["unknown-context"] = wait_task("default", {**kube_auth, "context": "nope"})
     with machine.shared():
         run = run_cases(folder, tasks)
     yield run, namespace

@@ -183,15 +183,14 @@ FAILURES = {
 
 
 @pytest.fixture(scope="module")
-def failure_runs(tmp_path_factory, k8s, controlplane):
+def failure_runs(tmp_path_factory, k8s, kube_auth):
     """Every failure mode planted in its own namespace, asserted by one playbook (run_cases)."""
-    auth = {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}
     namespaces = {case: f"t-{uuid.uuid4().hex[:8]}" for case in FAILURES}
     tasks = {}
     for case, (planted, spec, _) in FAILURES.items():
         k8s.core.create_namespace({"metadata": {"name": namespaces[case]}})
         put_secrets(k8s, namespaces[case], planted)
-        tasks[case] = assert_task(auth, namespaces[case], spec)
+        tasks[case] = assert_task(kube_auth, namespaces[case], spec)
     with machine.shared():
         run = run_cases(tmp_path_factory.mktemp("failures"), tasks)
     yield run, namespaces
@@ -302,32 +301,31 @@ UNREADABLE_KUBECONFIGS = {
 
 
 @pytest.fixture(scope="module")
-def bad_input_runs(tmp_path_factory, k8s, controlplane):
+def bad_input_runs(tmp_path_factory, k8s, controlplane, kube_auth):
     """Every bad input below as a task of one playbook (run_cases): the module must fail each one
     clearly, before it reads or changes anything."""
     folder = tmp_path_factory.mktemp("bad-input")
-    auth = {"kubeconfig": str(controlplane.kubeconfig_path), "context": controlplane.context}
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     k8s.core.create_namespace({"metadata": {"name": namespace}})
     tasks = {}
     for case, (options, _) in BAD_PARAMETERS.items():
-        args = {**auth, "namespace": "todo-staging", "secrets": SPEC, **options}
+        args = {**kube_auth, "namespace": "todo-staging", "secrets": SPEC, **options}
         tasks[case] = {"todo.cloud.secret_assert": {k: v for k, v in args.items() if v is not None}}
-    tasks["distinct-from-itself"] = assert_task(auth, namespace, distinct_from=[namespace])
+    tasks["distinct-from-itself"] = assert_task(kube_auth, namespace, distinct_from=[namespace])
     tasks["missing-kubeconfig"] = assert_task(
-        {**auth, "kubeconfig": str(folder / "nowhere" / "kubeconfig")}, "todo-staging"
+        {**kube_auth, "kubeconfig": str(folder / "nowhere" / "kubeconfig")}, "todo-staging"
     )
     for case, content in UNREADABLE_KUBECONFIGS.items():
         (folder / case).write_text(content)
-        tasks[case] = assert_task({**auth, "kubeconfig": str(folder / case)}, "todo-staging")
-    tasks["kubeconfig-is-a-directory"] = assert_task({**auth, "kubeconfig": str(folder)}, "todo-staging")
-    tasks["unknown-context"] = assert_task({**auth, "context": "no-such-context"}, "todo-staging")
-    tasks["missing-namespace"] = assert_task(auth, "t-does-not-exist")
+        tasks[case] = assert_task({**kube_auth, "kubeconfig": str(folder / case)}, "todo-staging")
+    tasks["kubeconfig-is-a-directory"] = assert_task({**kube_auth, "kubeconfig": str(folder)}, "todo-staging")
+    tasks["unknown-context"] = assert_task({**kube_auth, "context": "no-such-context"}, "todo-staging")
+    tasks["missing-namespace"] = assert_task(kube_auth, "t-does-not-exist")
     broken = folder / "unreachable"
     broken.write_text(
         controlplane.kubeconfig_path.read_text().replace(controlplane.server, "https://127.0.0.1:1")
     )
-    tasks["unreachable-api-server"] = assert_task({**auth, "kubeconfig": str(broken)}, "todo-staging")
+    tasks["unreachable-api-server"] = assert_task({**kube_auth, "kubeconfig": str(broken)}, "todo-staging")
     with machine.shared():
         run = run_cases(folder, tasks)
     yield run, namespace
