@@ -507,10 +507,24 @@ def _serve(folder: Path) -> int:
     double = DoApiDouble(folder, token).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    (folder / "env.json").write_text(json.dumps(double.env))
+    _publish(folder, double.env)
     stop.wait()
     double.stop()
     return 0
+
+
+def _publish(folder: Path, env: dict) -> None:
+    """env.json appears whole or not at all: `start` reads it as soon as it exists, and a file
+    written in place exists, empty, before its text is in it."""
+    partial = folder / "env.json.partial"
+    partial.write_text(json.dumps(env))
+    partial.rename(folder / "env.json")
+
+
+def _published_env(folder: Path) -> dict | None:
+    """What `serve` published, or None before it has."""
+    path = folder / "env.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _start(folder: Path, timeout: float = 30) -> int:
@@ -527,12 +541,12 @@ def _start(folder: Path, timeout: float = 30) -> int:
         )
     (folder / "pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
-    while not (folder / "env.json").exists():
+    while (env := _published_env(folder)) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
             print((folder / "double.log").read_text()[-2000:], file=sys.stderr)
             return 1
         time.sleep(0.05)
-    print(json.dumps({"pid": proc.pid, **json.loads((folder / "env.json").read_text())}))
+    print(json.dumps({"pid": proc.pid, **env}))
     return 0
 
 
