@@ -234,6 +234,9 @@ class Stack:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the Todo app in process mode (make dev).")
     parser.parse_args()
+    # Ctrl-C stops everything, also when this was started with SIGINT ignored (a background
+    # job of a shell without job control); SIGTERM from a supervisor does the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started = time.monotonic()
 

@@ -20,6 +20,11 @@ from testkit.procs import alive
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+# `python -c IGNORING_SIGINT ARGS...` runs `python ARGS...` with SIGINT ignored (kept across exec).
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
 
 def descendants(pid: int) -> set[int]:
@@ -41,9 +46,11 @@ def descendants(pid: int) -> set[int]:
 
 def test_make_dev_serves_the_app_and_ctrl_c_leaves_nothing_behind():
     # A session of its own: every helper it starts either stays in it or is one of the
-    # process groups the stack tracks; both are checked below.
+    # process groups the stack tracks; both are checked below. It starts with SIGINT ignored,
+    # as a shell without job control starts a background job (and as this test's own runner
+    # may have been started): Ctrl-C must stop it all the same.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "testkit.stack"],
+        [sys.executable, "-c", IGNORING_SIGINT, "-m", "testkit.stack"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -86,8 +93,15 @@ def test_make_dev_serves_the_app_and_ctrl_c_leaves_nothing_behind():
         assert len(pids) >= 13, len(pids)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        output, _ = proc.communicate(timeout=120)
+        try:
+            output, _ = proc.communicate(timeout=120)
+            stopped_by_ctrl_c = True
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM stops the stack too: leave nothing running behind a failure
+            output, _ = proc.communicate(timeout=120)
+            stopped_by_ctrl_c = False
         lines.append(output)
+    assert stopped_by_ctrl_c, "Ctrl-C did not stop it in 120 s:\n" + "".join(lines[-40:])
     assert proc.returncode == 0, "".join(lines[-40:])
     assert "dev: stopped" in "".join(lines)
     deadline = time.monotonic() + 10
