@@ -34,6 +34,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -54,25 +55,16 @@ from testkit.pki import server_pki
 from testkit.procs import alive, free_port, kill_groups, reap_orphans
 
 ROOT = Path(__file__).resolve().parent.parent
+# The local cluster's broker image: its entrypoint holds the settings both brokers share.
+BROKER_IMAGE_DIR = ROOT / "platform-images" / "kafka"
+_spec = importlib.util.spec_from_file_location("kafka_entrypoint", BROKER_IMAGE_DIR / "entrypoint.py")
+BROKER_IMAGE = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BROKER_IMAGE)
 
 STATE_FILE = "state.json"
-SCRAM = "SCRAM-SHA-256"
+SCRAM = BROKER_IMAGE.SCRAM
 STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
-# Short-lived JVMs (the storage tool) start faster with the C1 compiler only.
-TOOL_JVM = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"]
-LOG4J2 = """\
-status = warn
-# Kafka logs its own shutdown: keep log4j alive until the JVM is gone.
-shutdownHook = disable
-appender.out.type = Console
-appender.out.name = out
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.out.ref = out
-logger.netty.name = org.apache.kafka.common.network.Selector
-logger.netty.level = warn
-"""
+LOG4J2 = BROKER_IMAGE_DIR / "log4j2.properties"  # everything to the console, as in the image
 
 log = logging.getLogger(__name__)
 
@@ -198,50 +190,21 @@ class Kafka:
         return self
 
     def _write_config(self) -> None:
-        (self.workdir / "log4j2.properties").write_text(LOG4J2)
-        jaas = (
-            f"org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{self.admin_username}" password="{self.admin_password}";'
+        props = BROKER_IMAGE.server_properties(
+            listen=f"127.0.0.1:{self.port}",
+            advertise=f"127.0.0.1:{self.port}",
+            controller_port=self.controller_port,
+            admin=self.admin_username,
+            admin_password=self.admin_password,
+            tls={
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self.workdir / "broker.pem"),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(self.ca_file),
+            },
+            log_dir=self.workdir / "data",
         )
-        props = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            # Kafka wants an inter-broker listener among the advertised ones. With one node
-            # nothing replicates, but whatever connects there authenticates as the admin (SCRAM).
-            "inter.broker.listener.name": "SASL_SSL",
-            "sasl.enabled.mechanisms": SCRAM,
-            "sasl.mechanism.inter.broker.protocol": SCRAM,
-            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": jaas,
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(self.workdir / "broker.pem"),
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.ca_file),
-            "ssl.client.auth": "none",
-            "log.dirs": str(self.workdir / "data"),
-            "auto.create.topics.enable": str(self.auto_create_topics).lower(),
-            "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            # Internal topics: one replica (one node), few partitions (fast first group join).
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "share.coordinator.state.topic.num.partitions": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            # After a crash (stop_broker(kill=True)) the restarted controller still holds the old
-            # broker registration until its session expires (default 9 s); keep that short.
-            "broker.heartbeat.interval.ms": "500",
-            "broker.session.timeout.ms": "3000",
-        }
+        props["auto.create.topics.enable"] = str(self.auto_create_topics).lower()
         if self.authorizer:
             # The controller listener is PLAINTEXT (principal ANONYMOUS) and only on loopback;
             # the broker's registration and heartbeats arrive there and need CLUSTER_ACTION.
@@ -271,8 +234,8 @@ class Kafka:
         """`kafka-storage format`, adding the SCRAM users to the cluster's first metadata."""
         argv = [
             self._java(),
-            *TOOL_JVM,
-            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+            *BROKER_IMAGE.TOOL_JVM,
+            f"-Dlog4j2.configurationFile={LOG4J2}",
             "-cp",
             self._classpath(),
             "kafka.tools.StorageTool",
@@ -312,12 +275,8 @@ class Kafka:
             f"-Xmx{self.heap}",
             f"-Xms{self.heap}",
             *cds,
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExplicitGCInvokesConcurrent",
-            "-Xshare:auto",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+            *BROKER_IMAGE.JVM,
+            f"-Dlog4j2.configurationFile={LOG4J2}",
             f"-Dkafka.logs.dir={self.workdir}",
             "-cp",
             self._classpath(),

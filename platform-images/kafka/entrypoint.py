@@ -2,8 +2,8 @@
 
 One JVM is broker and controller. Clients get one listener, SASL_SSL on port 9093 with
 SCRAM-SHA-256 (what charts/todo/dapr/pubsub.yaml uses: authType password, SHA-256, TLS on);
-the controller listens on 127.0.0.1:9094 (PLAINTEXT, inside the pod only). The settings
-follow testkit/kafka.py, the test harness's broker.
+the controller listens on 127.0.0.1:9094 (PLAINTEXT, inside the pod only). testkit/kafka.py,
+the test harness's broker, runs with the settings of `server_properties` below.
 
 The contract (what a pod gives the image):
 - /etc/todo-kafka/tls/tls.crt and tls.key: the broker's certificate (PEM, chain allowed) and
@@ -59,13 +59,13 @@ NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 PASSWORD = re.compile(r"[A-Za-z0-9._~-]{8,}")
 PKCS8 = "-----BEGIN PRIVATE KEY-----"
 DEFAULT_HEAP = "-Xmx384m -Xms384m"
+# The broker's JVM options besides its heap and logging (testkit/kafka.py's broker uses them too).
 JVM = [
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     "-XX:+ExplicitGCInvokesConcurrent",
     "-Xshare:auto",
     "-Djava.awt.headless=true",
-    f"-Dlog4j2.configurationFile={LOG4J2}",
 ]
 FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 # Short-lived JVMs (the storage tool) start faster with the C1 compiler only.
@@ -115,17 +115,29 @@ def write_tls(folder: Path) -> dict[str, str]:
     return props
 
 
-def server_properties(host: str, port: int, admin_password: str, tls: dict[str, str]) -> dict[str, str]:
+def server_properties(
+    *,
+    listen: str,
+    advertise: str,
+    controller_port: int,
+    admin: str,
+    admin_password: str,
+    tls: dict[str, str],
+    log_dir: Path,
+) -> dict[str, str]:
+    """A single-node KRaft broker: SASL_SSL (SCRAM) for clients on `listen` (host:port, an empty
+    host for every interface), advertised as `advertise`; the quorum on loopback, PLAINTEXT.
+    testkit/kafka.py, the tests' broker, starts from these same settings."""
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{ADMIN}" password="{admin_password}";'
+        f'username="{admin}" password="{admin_password}";'
     )
     return {
         "process.roles": "broker,controller",
         "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{CONTROLLER_PORT}",
-        "listeners": f"SASL_SSL://:{PORT},CONTROLLER://127.0.0.1:{CONTROLLER_PORT}",
-        "advertised.listeners": f"SASL_SSL://{host}:{port}",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"SASL_SSL://{listen},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_SSL://{advertise}",
         "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         # Kafka wants an inter-broker listener among the advertised ones. With one node
@@ -136,7 +148,7 @@ def server_properties(host: str, port: int, admin_password: str, tls: dict[str, 
         "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": jaas,
         **tls,
         "ssl.client.auth": "none",
-        "log.dirs": str(LOG_DIR),
+        "log.dirs": str(log_dir),
         # Like Redpanda Cloud: topics are created, not made on first use.
         "auto.create.topics.enable": "false",
         "num.partitions": "1",
@@ -152,7 +164,8 @@ def server_properties(host: str, port: int, admin_password: str, tls: dict[str, 
         "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "1",
         "group.initial.rebalance.delay.ms": "0",
-        # A restarted node waits for its previous registration's session to expire: keep it short.
+        # A restarted node waits for its previous registration's session to expire (default
+        # 9 s): keep it short.
         "broker.heartbeat.interval.ms": "500",
         "broker.session.timeout.ms": "3000",
     }
@@ -204,14 +217,23 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="todo-kafka-"))  # mode 0700
     tls = write_tls(folder)
     config = folder / "server.properties"
-    props = server_properties(host, port, users[ADMIN], tls)
+    props = server_properties(
+        listen=f":{PORT}",
+        advertise=f"{host}:{port}",
+        controller_port=CONTROLLER_PORT,
+        admin=ADMIN,
+        admin_password=users[ADMIN],
+        tls=tls,
+        log_dir=LOG_DIR,
+    )
     write_private(config, "".join(f"{key}={value}\n" for key, value in props.items()))
     if (LOG_DIR / "meta.properties").is_file():
         say(f"{LOG_DIR} is formatted: its SCRAM users stay as they are")
     else:
         format_storage(folder, config, users)
     say(f"starting the broker: SASL_SSL on port {PORT}, advertised as {host}:{port}")
-    return run_broker(["java", *heap, *JVM, "-cp", f"{LIBS}/*", "kafka.Kafka", str(config), *sys.argv[1:]])
+    java = ["java", *heap, *JVM, f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", f"{LIBS}/*"]
+    return run_broker([*java, "kafka.Kafka", str(config), *sys.argv[1:]])
 
 
 def ensure_topics(specs: list[str]) -> int:
